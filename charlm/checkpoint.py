@@ -1,0 +1,102 @@
+"""The checkpoint format, shared by training (writes) and generation (reads).
+
+A checkpoint is a directory holding `charlm.json` (vocabulary, training
+config, epoch, corpus used, metrics) and a TensorFlow object checkpoint
+`state.*` (weights and optimizer slots). Runs live under
+`<storage_path>/<name>/`, one `checkpoint_*` directory per epoch, as Ray Train
+lays them out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import pyarrow.fs as pafs
+
+from charlm import storage
+from charlm.config import TrainConfig
+from charlm.errors import CharlmError
+
+META = "charlm.json"
+STATE = "state"
+
+
+def save(directory: str, model, meta: dict) -> None:
+    import tensorflow as tf
+
+    tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(
+        os.path.join(directory, STATE))
+    with open(os.path.join(directory, META), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1)
+
+
+def restore(directory: str, model, with_optimizer: bool = True) -> None:
+    import tensorflow as tf
+
+    objects = {"model": model}
+    if with_optimizer:
+        objects["optimizer"] = model.optimizer
+    status = tf.train.Checkpoint(**objects).read(os.path.join(directory, STATE))
+    status.expect_partial()
+    status.assert_existing_objects_matched()
+
+
+def read_meta(directory: str) -> dict:
+    with open(os.path.join(directory, META), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def load_model(directory: str, sequences: bool = False):
+    """Model with the checkpoint's weights (no optimizer), and its metadata."""
+    from charlm.model import build_model
+
+    meta = read_meta(directory)
+    model = build_model(TrainConfig.from_dict(meta["config"]), len(meta["vocab"]), sequences)
+    restore(directory, model, with_optimizer=False)
+    return model, meta
+
+
+def _is_checkpoint(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(f"{path.rstrip('/')}/{META}").type == pafs.FileType.File
+
+
+def best_in_run(run: str) -> str:
+    """The checkpoint with the lowest val_loss among a run's checkpoints."""
+    fs, path = storage.resolve(run)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    scored = []
+    for info in infos:
+        if info.type == pafs.FileType.Directory and _is_checkpoint(fs, info.path):
+            with fs.open_input_stream(f"{info.path}/{META}") as f:
+                meta = json.loads(f.read().decode("utf-8"))
+            scored.append((meta["metrics"]["val_loss"], meta["epoch"], info.path))
+    if not scored:
+        raise CharlmError(f"no charlm checkpoint in {run}; pass a run directory written "
+                          "by jobs.train or one of its checkpoint_* directories")
+    best = min(scored)[2]
+    return storage.join(run, os.path.basename(best.rstrip("/")))
+
+
+def locate(uri: str) -> str:
+    """A checkpoint URI from a checkpoint directory or a whole run (→ its best)."""
+    uri = storage.normalize(uri)
+    fs, path = storage.resolve(uri)
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.Directory:
+        raise CharlmError(f"checkpoint {uri} does not exist; pass a run directory or a "
+                          "checkpoint_* directory written by jobs.train")
+    return uri if _is_checkpoint(fs, path) else best_in_run(uri)
+
+
+def fetch(uri: str) -> str:
+    """A local directory with the checkpoint's files (downloaded if remote)."""
+    uri = locate(uri)
+    if not storage.is_uri(uri):
+        return uri
+    fs, path = storage.resolve(uri)
+    local = tempfile.mkdtemp(prefix="charlm-ckpt-")
+    pafs.copy_files(path, local, source_filesystem=fs,
+                    destination_filesystem=pafs.LocalFileSystem())
+    return local

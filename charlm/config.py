@@ -1,0 +1,95 @@
+"""Training configuration and its presets: one dataclass that travels from the
+job's flags to every worker and into every checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from charlm.errors import CharlmError
+
+# Held-out loss is always scored the seed's way, whatever the training
+# windows: the character after each 40-character window, windows every 3
+# characters, from a zero state. Runs with different recipes then compare.
+VAL_MAXLEN = 40
+VAL_STEP = 3
+
+
+@dataclass
+class TrainConfig:
+    corpus: str | None = None  # None: nietzsche, falling back to python-docs offline
+    keep_case: bool = False
+    keep_newlines: bool = False
+    maxlen: int = 40
+    step: int = 3
+    val_frac: float = 0.1
+    objective: str = "last"  # "last": the seed's; "all": next character at every position
+    units: int = 128
+    layers: int = 1
+    dropout: float = 0.0
+    learning_rate: float = 0.01
+    clipnorm: float | None = None
+    batch_size: int = 1024  # global, split across workers
+    epochs: int = 40
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: int | None = None  # None: the node's cores shared out locally
+    storage_path: str = "~/charlm/runs"
+    name: str | None = None
+    max_failures: int = 0
+    sample_every: int = 0  # print seed-style samples every N epochs (0: never)
+    seed: int = 0
+    verbose: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def validate(self) -> None:
+        if self.num_workers < 1:
+            raise CharlmError(f"--num-workers is {self.num_workers}; it must be at least 1")
+        if self.batch_size < self.num_workers:
+            raise CharlmError(
+                f"--batch-size {self.batch_size} is smaller than --num-workers "
+                f"{self.num_workers}; the global batch is split across workers, "
+                "so raise it to at least the number of workers"
+            )
+        if self.objective not in ("last", "all"):
+            raise CharlmError(f"--objective {self.objective!r} is unknown; use 'last' or 'all'")
+        for flag, value in (("--maxlen", self.maxlen), ("--step", self.step),
+                            ("--epochs", self.epochs), ("--units", self.units),
+                            ("--layers", self.layers)):
+            if value < 1:
+                raise CharlmError(f"{flag} is {value}; it must be at least 1")
+        if not 0.0 < self.val_frac < 1.0:
+            raise CharlmError(f"--val-frac is {self.val_frac}; use a fraction between 0 and 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise CharlmError(f"--dropout is {self.dropout}; use a value in [0, 1)")
+
+
+PRESETS: dict[str, dict] = {
+    # The Keras example exactly: LSTM(128), RMSprop 0.01, batch 1024, 40 epochs.
+    "seed": {},
+    # A few minutes on a 2-core CPU that still shows learning.
+    "quick": {"objective": "all", "maxlen": 64, "step": 64, "batch_size": 64,
+              "learning_rate": 0.005, "clipnorm": 1.0, "epochs": 3},
+    # The fastest route found to a good held-out loss at the seed's model size
+    # (benchmarks/train.py, BENCHMARKS.md).
+    "fast": {"objective": "all", "maxlen": 64, "step": 64, "batch_size": 64,
+             "learning_rate": 0.005, "clipnorm": 1.0, "epochs": 20},
+}
+
+
+def make_config(preset: str | None, **overrides) -> TrainConfig:
+    """A preset's values, then every override that is not None."""
+    if preset is not None and preset not in PRESETS:
+        raise CharlmError(f"--preset {preset!r} is unknown; choose one of {', '.join(PRESETS)}")
+    values = dict(PRESETS.get(preset or "seed", {}))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    config = TrainConfig.from_dict(values)
+    config.validate()
+    return config

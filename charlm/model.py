@@ -1,0 +1,84 @@
+"""The char-LSTM: integer ids → one-hot (in the graph) → LSTM stack → softmax.
+
+One-hot encoding happens inside the model so that input memory scales with
+windows × maxlen bytes, never × vocabulary. The LSTM keeps Keras defaults
+(tanh, sigmoid recurrence, no recurrent dropout, not unrolled, bias on) so that
+TensorFlow runs it with the cuDNN kernel on a GPU; dropout sits between layers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from charlm.config import TrainConfig
+
+
+@tf.keras.utils.register_keras_serializable(package="charlm")
+class OneHot(tf.keras.layers.Layer):
+    """Integer ids → one-hot floats; a real layer, not a Lambda, so saved models load safely."""
+
+    def __init__(self, depth: int, **kwargs):
+        super().__init__(**kwargs)
+        self.depth = depth
+
+    def call(self, ids):
+        return tf.one_hot(tf.cast(ids, tf.int32), self.depth)
+
+    def get_config(self):
+        return {**super().get_config(), "depth": self.depth}
+
+
+def build_model(config: TrainConfig, vocab_size: int, sequences: bool | None = None) -> tf.keras.Model:
+    """`sequences` (default: objective == "all") returns a prediction at every
+    position; the weights are the same either way, so checkpoints move freely
+    between the two objectives, scoring and generation."""
+    if sequences is None:
+        sequences = config.objective == "all"
+    ids = tf.keras.Input(shape=(None,), dtype=tf.int32, name="ids")
+    x = OneHot(vocab_size, name="one_hot")(ids)
+    for i in range(config.layers):
+        last_layer = i == config.layers - 1
+        x = tf.keras.layers.LSTM(config.units, return_sequences=sequences or not last_layer,
+                                 name=f"lstm_{i}")(x)
+        if config.dropout and not last_layer:
+            x = tf.keras.layers.Dropout(config.dropout, name=f"dropout_{i}")(x)
+    probs = tf.keras.layers.Dense(vocab_size, activation="softmax", name="next_char")(x)
+    return tf.keras.Model(ids, probs, name="charlm")
+
+
+def compile_model(model: tf.keras.Model, config: TrainConfig) -> None:
+    optimizer = tf.keras.optimizers.RMSprop(learning_rate=config.learning_rate,
+                                            clipnorm=config.clipnorm)
+    model.compile(optimizer=optimizer, loss=tf.keras.losses.SparseCategoricalCrossentropy())
+
+
+def split_xy(windows: np.ndarray, objective: str) -> tuple[np.ndarray, np.ndarray]:
+    """Windows of maxlen + 1 ids → inputs and targets for the objective."""
+    x = windows[:, :-1]
+    y = windows[:, 1:] if objective == "all" else windows[:, -1]
+    return x, y
+
+
+def mean_log_loss(model: tf.keras.Model, windows: np.ndarray, batch_size: int = 2048) -> float:
+    """Mean cross-entropy (nats) of the character after each window, from a zero
+    state: the seed's held-out score, for either objective's model."""
+    predict = _last_step_fn(model)
+    total, count = 0.0, 0
+    for start in range(0, len(windows), batch_size):
+        chunk = windows[start:start + batch_size]
+        total += float(predict(tf.constant(chunk[:, :-1], tf.int32),
+                               tf.constant(chunk[:, -1], tf.int32)))
+        count += len(chunk)
+    return total / max(count, 1)
+
+
+def _last_step_fn(model: tf.keras.Model):
+    @tf.function(reduce_retracing=True)
+    def nll_sum(x, y):
+        probs = model(x, training=False)
+        if probs.shape.rank == 3:
+            probs = probs[:, -1]
+        p = tf.gather(probs, y, batch_dims=1)
+        return -tf.reduce_sum(tf.math.log(tf.maximum(p, 1e-7)))
+    return nll_sum

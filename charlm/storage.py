@@ -1,0 +1,57 @@
+"""Local paths and s3:// or gs:// URIs behind one pyarrow filesystem interface."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pyarrow.fs as pafs
+
+from charlm.errors import CharlmError
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def normalize(path: str) -> str:
+    """URIs stay as they are; local paths become absolute (Ray Train needs that)."""
+    return path if is_uri(path) else os.path.abspath(os.path.expanduser(path))
+
+
+def resolve(path: str) -> tuple[pafs.FileSystem, str]:
+    path = normalize(path)
+    if not is_uri(path):
+        return pafs.LocalFileSystem(), path
+    try:
+        return pafs.FileSystem.from_uri(path)
+    except Exception as e:  # pyarrow raises several types for bad or unsupported URIs
+        raise CharlmError(f"cannot open {path}: {_first_line(e)}; check the URI and credentials")
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts]) if is_uri(base) else os.path.join(base, *parts)
+
+
+def exists(path: str) -> bool:
+    fs, p = resolve(path)
+    return fs.get_file_info(p).type != pafs.FileType.NotFound
+
+
+def check_writable(path: str, flag: str) -> None:
+    """Fail before any work starts, not after hours of training."""
+    fs, p = resolve(path)
+    probe = f"{p.rstrip('/')}/.charlm-write-probe-{uuid.uuid4().hex}"
+    try:
+        fs.create_dir(p, recursive=True)
+        with fs.open_output_stream(probe) as f:
+            f.write(b"ok")
+        fs.delete_file(probe)
+    except Exception as e:
+        raise CharlmError(f"{flag} {path} cannot be written ({_first_line(e)}); "
+                          "choose a directory or bucket you can write to")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
