@@ -29,7 +29,8 @@ class OneHot(tf.keras.layers.Layer):
         return {**super().get_config(), "depth": self.depth}
 
 
-def build_model(config: TrainConfig, vocab_size: int, sequences: bool | None = None) -> tf.keras.Model:
+def build_model(config: TrainConfig, vocab_size: int,
+                sequences: bool | None = None) -> tf.keras.Model:
     """`sequences` (default: objective == "all") returns a prediction at every
     position; the weights are the same either way, so checkpoints move freely
     between the two objectives, scoring and generation."""

@@ -3,8 +3,13 @@ quiet unless --verbose."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
+import importlib.util
 import logging
 import os
+import sys
+import tempfile
 import time
 import warnings
 
@@ -15,8 +20,54 @@ def worker_env(verbose: bool) -> dict[str, str]:
     """Environment for every Ray worker: tf-keras, and no C++ log noise by default."""
     env = {"TF_USE_LEGACY_KERAS": "1"}
     if not verbose:
-        env.update(TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore")
+        env.update(TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore", RAY_DATA_LOG_LEVEL="ERROR")
     return env
+
+
+@contextlib.contextmanager
+def _stderr_muted():
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class _MutedLoader(importlib.abc.Loader):
+    def __init__(self, loader: importlib.abc.Loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        with _stderr_muted():
+            self.loader.exec_module(module)
+
+
+class _MuteTensorflowImport(importlib.abc.MetaPathFinder):
+    """TensorFlow 2.21 logs through absl as its native library loads, before
+    TF_CPP_MIN_LOG_LEVEL applies; mute file descriptor 2 for that one import,
+    whoever imports it (Ray Train imports TensorFlow before our code runs)."""
+
+    def find_spec(self, name, path, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _MutedLoader(spec.loader)
+        return spec
+
+
+def mute_tensorflow_import() -> None:
+    """Also the Ray worker_process_setup_hook, so it runs in every worker."""
+    if "tensorflow" not in sys.modules and not any(
+            isinstance(f, _MuteTensorflowImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _MuteTensorflowImport())
 
 
 def quiet(verbose: bool) -> None:
@@ -27,6 +78,31 @@ def quiet(verbose: bool) -> None:
     warnings.filterwarnings("ignore")
     for name in ("tensorflow", "absl", "ray", "ray.data", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    mute_tensorflow_import()
+
+
+def runtime_env(verbose: bool) -> dict:
+    """The runtime_env for charlm's Ray workers (jobs, trainers, actors)."""
+    env: dict = {"env_vars": worker_env(verbose)}
+    if not verbose:
+        env["worker_process_setup_hook"] = "charlm.runtime.mute_tensorflow_import"
+    return env
+
+
+def quiet_worker(verbose: bool) -> str | None:
+    """In a Ray worker, send file descriptor 2 (TensorFlow's C++ logs, Ray's
+    worker logs) to a file instead of the console; errors still reach the
+    driver as exceptions. Returns that file's path."""
+    quiet(verbose)
+    if verbose:
+        return None
+    logs = os.path.join(tempfile.gettempdir(), "charlm-logs")
+    os.makedirs(logs, exist_ok=True)
+    path = os.path.join(logs, f"worker-{os.getpid()}.err")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return path
 
 
 def on_cluster() -> bool:
@@ -43,12 +119,12 @@ def init_ray(verbose: bool = False, cpus_needed: int = 1) -> None:
     if ray.is_initialized():
         return
     kwargs = dict(logging_level=logging.INFO if verbose else logging.ERROR,
-                  runtime_env={"env_vars": worker_env(verbose)})
+                  runtime_env=runtime_env(verbose))
     if on_cluster():
         ray.init(**kwargs)  # Ray reads RAY_ADDRESS itself
     else:
         ray.init(num_cpus=max(os.cpu_count() or 1, cpus_needed + 2),
-                 include_dashboard=False, **kwargs)
+                 dashboard_host="127.0.0.1", **kwargs)
     import ray.data
 
     ctx = ray.data.DataContext.get_current()

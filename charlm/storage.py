@@ -26,7 +26,8 @@ def resolve(path: str) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(path)
     except Exception as e:  # pyarrow raises several types for bad or unsupported URIs
-        raise CharlmError(f"cannot open {path}: {_first_line(e)}; check the URI and credentials")
+        raise CharlmError(f"cannot open {path}: {_first_line(e)}; "
+                          "check the URI and credentials") from e
 
 
 def join(base: str, *parts: str) -> str:
@@ -49,7 +50,7 @@ def check_writable(path: str, flag: str) -> None:
         fs.delete_file(probe)
     except Exception as e:
         raise CharlmError(f"{flag} {path} cannot be written ({_first_line(e)}); "
-                          "choose a directory or bucket you can write to")
+                          "choose a directory or bucket you can write to") from e
 
 
 def _first_line(e: BaseException) -> str:

@@ -1,0 +1,34 @@
+# Two commands from nothing: `make run` (environment, install, whole pipeline)
+# and `make test`. The install is stamped, so `make test` needs no network
+# once `make install` has run (CI runs the tests in a loopback-only namespace).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.charlm-installed
+RUN_ARGS ?=
+
+.PHONY: install run test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m jobs.pipeline --storage-path runs --name demo $(RUN_ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.train
+	$(BIN)/python -m benchmarks.generate
+
+clean:
+	rm -rf runs out .pytest_cache

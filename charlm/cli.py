@@ -1,0 +1,33 @@
+"""What every job shares: the error convention (one line on stderr, exit 2)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from charlm.errors import CharlmError
+
+
+def _charlm_cause(e: BaseException) -> CharlmError | None:
+    """Ray wraps errors raised inside workers; find ours in the chain."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, CharlmError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def run_job(main: Callable[[], object]) -> None:
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:
+        err = _charlm_cause(e)
+        if err is None:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,202 @@
+"""Data-parallel training: Ray Train runs `train_loop` on every worker, under
+MultiWorkerMirroredStrategy, each worker reading its own shard of the windows.
+
+Flow: corpus → windows (Ray Dataset) → shards → Keras fit per epoch →
+checkpoint + metrics reported to Ray Train every epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from charlm import checkpoint, runtime, storage
+from charlm.config import VAL_MAXLEN, VAL_STEP, TrainConfig
+from charlm.corpus import Corpus, load_corpus
+from charlm.errors import CharlmError
+from charlm.windows import split, training_dataset, window_starts, windows
+
+HISTORY = "history.parquet"
+
+
+def steps_per_epoch(n_windows: int, config: TrainConfig) -> int:
+    """Identical on every worker: unequal step counts hang the all-reduce."""
+    per_worker = config.batch_size // config.num_workers
+    return (n_windows // config.num_workers) // per_worker
+
+
+def train_loop(loop_config: dict) -> None:
+    """Runs inside each Ray Train worker."""
+    import ray
+    import ray.train
+
+    config = TrainConfig.from_dict(loop_config["config"])
+    runtime.quiet_worker(config.verbose)
+    import tensorflow as tf
+
+    from charlm.model import build_model, compile_model, mean_log_loss
+
+    threads = loop_config["threads"]
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    vocab: str = loop_config["vocab"]
+
+    with strategy.scope():
+        model = build_model(config, len(vocab))
+        compile_model(model, config)
+
+    start_epoch = 1
+    resumed = ray.train.get_checkpoint()
+    if resumed is not None:
+        with resumed.as_directory() as d:
+            checkpoint.restore(d, model)
+            start_epoch = checkpoint.read_meta(d)["epoch"] + 1
+        if rank == 0:
+            print(f"resumed from epoch {start_epoch - 1} ({resumed.path})", flush=True)
+
+    val_windows = ray.get(loop_config["val_windows"]) if rank == 0 else None
+    steps = loop_config["steps"]
+    per_worker = config.batch_size // config.num_workers
+    shard = ray.train.get_dataset_shard("train")
+    spec = tf.TensorSpec(shape=(per_worker, config.maxlen + 1), dtype=tf.int32)
+
+    def batches():
+        for batch in shard.iter_batches(batch_size=per_worker, drop_last=True,
+                                        batch_format="numpy", prefetch_batches=4):
+            yield batch["window"].astype(np.int32)
+
+    def to_xy(w):
+        return w[:, :-1], (w[:, 1:] if config.objective == "all" else w[:, -1])
+
+    def epoch_data(_input_context):
+        # Batches are per worker already: datasets from a function are not
+        # rebatched by the strategy (a plain dataset would be split W ways).
+        return (tf.data.Dataset.from_generator(batches, output_signature=spec)
+                .take(steps).map(to_xy).prefetch(tf.data.AUTOTUNE))
+
+    for epoch in range(start_epoch, config.epochs + 1):
+        data = strategy.distribute_datasets_from_function(epoch_data)
+        t0 = time.perf_counter()
+        history = model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0)
+        train_s = time.perf_counter() - t0
+        metrics = {
+            "epoch": epoch,
+            "loss": float(history.history["loss"][0]),
+            "windows_per_s": steps * per_worker * config.num_workers / train_s,
+            "epoch_s": train_s,
+        }
+        with tempfile.TemporaryDirectory() as d:
+            if rank == 0:
+                metrics["val_loss"] = mean_log_loss(model, val_windows)
+                metrics["elapsed_s"] = time.time() - loop_config["job_started"]
+                meta = {**loop_config["meta"], "epoch": epoch,
+                        "metrics": {"loss": metrics["loss"], "val_loss": metrics["val_loss"]}}
+            else:
+                meta = {}
+            # Every worker writes (variables may need collectives to read);
+            # only rank 0's copy is reported.
+            checkpoint.save(d, model, meta)
+            if rank == 0:
+                _append_history(loop_config["run_dir"], metrics)
+                _emit(_epoch_line(metrics, config.epochs))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
+                                 checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}")
+            else:
+                ray.train.report(metrics, checkpoint=None)
+
+
+def _emit(line: str) -> None:
+    """Straight to stdout: Ray Train routes print() through a logger, which
+    either duplicates the line or hides it with Train's own logs."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _epoch_line(m: dict, epochs: int) -> str:
+    return (f"epoch {m['epoch']}/{epochs}  loss {m['loss']:.4f}  val_loss {m['val_loss']:.4f}  "
+            f"{m['windows_per_s']:,.0f} windows/s  {m['elapsed_s']:.0f}s")
+
+
+def _append_history(run_dir: str, metrics: dict) -> None:
+    """Per-epoch history beside the checkpoints, rewritten whole (it is tiny)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fs, path = storage.resolve(storage.join(run_dir, HISTORY))
+    row = {k: metrics[k] for k in ("epoch", "loss", "val_loss", "windows_per_s", "elapsed_s")}
+    rows = []
+    if storage.exists(storage.join(run_dir, HISTORY)):
+        rows = [r for r in pq.read_table(path, filesystem=fs).to_pylist()
+                if r["epoch"] < row["epoch"]]
+    pq.write_table(pa.Table.from_pylist(rows + [row]), path, filesystem=fs)
+
+
+def run_name(config: TrainConfig, corpus: Corpus) -> str:
+    return config.name or f"{os.path.basename(corpus.name.rstrip('/')) or 'corpus'}-lstm"
+
+
+def train(config: TrainConfig) -> str:
+    """Train (or resume) a run; returns the URI of its best checkpoint."""
+    import ray
+    import ray.train
+    from ray.train.tensorflow import TensorflowTrainer
+
+    job_started = time.time()
+    config.validate()
+    corpus = load_corpus(config.corpus, keep_case=config.keep_case,
+                         keep_newlines=config.keep_newlines, min_chars=config.maxlen + 1)
+    train_ids, val_ids = split(corpus.ids, config.val_frac, config.maxlen, VAL_MAXLEN)
+    n_windows = len(window_starts(len(train_ids), config.maxlen, config.step))
+    steps = steps_per_epoch(n_windows, config)
+    if steps < 1:
+        raise CharlmError(
+            f"{n_windows} training windows make no full batch of {config.batch_size} "
+            f"across {config.num_workers} worker(s); lower --batch-size or use a longer corpus")
+    storage_path = storage.normalize(config.storage_path)
+    storage.check_writable(storage_path, "--storage-path")
+    name = run_name(config, corpus)
+    run_dir = storage.join(storage_path, name)
+
+    cpus = config.cpus_per_worker or (
+        1 if runtime.on_cluster() else max(1, (os.cpu_count() or 1) // config.num_workers))
+    runtime.init_ray(config.verbose, cpus_needed=cpus * config.num_workers)
+    if config.use_gpu:
+        runtime.require_gpus(config.num_workers)
+    print(f"corpus {corpus.name}: {len(corpus.text):,} characters, vocabulary {len(corpus.vocab)}, "
+          f"{n_windows:,} training windows; {config.num_workers} worker(s) × {steps} steps "
+          f"per epoch; run {run_dir}", flush=True)
+
+    meta = {"format": 1, "run": name, "vocab": corpus.vocab, "config": config.to_dict(),
+            "corpus": corpus.info()}
+    loop_config = {
+        "config": config.to_dict(), "vocab": corpus.vocab, "meta": meta, "steps": steps,
+        "threads": cpus, "run_dir": run_dir, "job_started": job_started,
+        "val_windows": ray.put(windows(val_ids, VAL_MAXLEN, VAL_STEP)),
+    }
+    trainer = TensorflowTrainer(
+        train_loop,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.num_workers, use_gpu=config.use_gpu,
+            resources_per_worker={"CPU": cpus, **({"GPU": 1} if config.use_gpu else {})}),
+        datasets={"train": training_dataset(train_ids, config.maxlen, config.step)},
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+            worker_runtime_env=runtime.runtime_env(config.verbose),
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if config.verbose else "ERROR"),
+        ),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    best = checkpoint.best_in_run(run_dir)
+    print(f"best checkpoint: {best}", flush=True)
+    return best

@@ -1,0 +1,66 @@
+"""Train a char-LSTM with Ray Train: `python -m jobs.train --help`."""
+
+from __future__ import annotations
+
+import argparse
+
+from charlm.cli import run_job
+from charlm.config import PRESETS, TrainConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every flag defaults to None so that a preset fills in what is not given."""
+    a = parser.add_argument
+    a("--preset", choices=None, help=f"starting values: {', '.join(PRESETS)} (default: seed)")
+    a("--corpus", help="nietzsche, python-docs, a file, a directory of .txt, an http(s) URL, "
+                       "or s3:// gs:// (default: nietzsche, else python-docs offline)")
+    a("--keep-case", action="store_true", default=None, help="do not lower-case the text")
+    a("--keep-newlines", action="store_true", default=None, help="do not turn newlines into spaces")
+    a("--maxlen", type=int, help="window length in characters (seed: 40)")
+    a("--step", type=int, help="characters between window starts (seed: 3)")
+    a("--val-frac", type=float, help="held-out tail of the text (default 0.1)")
+    a("--objective", choices=["last", "all"],
+      help="last: the character after each window (seed); all: every next character")
+    a("--units", type=int, help="LSTM units per layer (seed: 128)")
+    a("--layers", type=int, help="LSTM layers (seed: 1)")
+    a("--dropout", type=float, help="dropout between LSTM layers")
+    a("--learning-rate", type=float, help="RMSprop learning rate (seed: 0.01)")
+    a("--clipnorm", type=float, help="clip each gradient to this norm")
+    a("--batch-size", type=int, help="global batch, split across workers (seed: 1024)")
+    a("--epochs", type=int, help="epochs (seed: 40)")
+    a("--num-workers", type=int, help="training workers: one per GPU on a cluster (default 1)")
+    a("--use-gpu", action="store_true", default=None, help="one GPU per worker")
+    a("--cpus-per-worker", type=int, help="CPUs (and TF threads) per worker")
+    a("--storage-path", help="local directory or s3:// URI for runs (default ~/charlm/runs)")
+    a("--name", help="run name; rerunning a name resumes it (default: <corpus>-lstm)")
+    a("--max-failures", type=int, help="restarts of a worker group that lost a worker")
+    a("--sample-every", type=int, help="print seed-style samples every N epochs")
+    a("--seed", type=int, help="random seed")
+    a("--verbose", action="store_true", default=None, help="show TensorFlow and Ray logs")
+
+
+def config_from(args: argparse.Namespace) -> TrainConfig:
+    from charlm.config import make_config
+
+    fields = {f: getattr(args, f, None) for f in TrainConfig.__dataclass_fields__}
+    return make_config(args.preset, **fields)
+
+
+def run(args: argparse.Namespace) -> str:
+    from charlm import runtime
+
+    runtime.quiet(bool(args.verbose))
+    from charlm.training import train
+
+    return train(config_from(args))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m jobs.train", description=__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    run_job(lambda: run(args))
+
+
+if __name__ == "__main__":
+    main()

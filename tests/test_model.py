@@ -1,0 +1,49 @@
+"""The in-graph one-hot model is the seed's model; both objectives share weights."""
+
+import numpy as np
+import tensorflow as tf
+
+from charlm.config import TrainConfig
+from charlm.model import build_model, mean_log_loss
+
+
+def seed_model(vocab_size: int, maxlen: int) -> tf.keras.Model:
+    """The Keras example's model: one-hot input, LSTM(128), softmax."""
+    return tf.keras.Sequential([
+        tf.keras.Input(shape=(maxlen, vocab_size)),
+        tf.keras.layers.LSTM(128),
+        tf.keras.layers.Dense(vocab_size, activation="softmax"),
+    ])
+
+
+def test_in_graph_one_hot_matches_the_seed_model():
+    vocab, maxlen = 30, 40
+    ours = build_model(TrainConfig(), vocab)
+    seed = seed_model(vocab, maxlen)
+    seed.set_weights(ours.get_weights())
+    ids = np.random.default_rng(0).integers(0, vocab, size=(16, maxlen))
+    one_hot = np.eye(vocab, dtype=np.float32)[ids]
+    np.testing.assert_allclose(ours.predict(ids, verbose=0), seed.predict(one_hot, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_objectives_share_weights_and_agree_on_the_last_step():
+    vocab = 20
+    last = build_model(TrainConfig(objective="last", units=16), vocab)
+    every = build_model(TrainConfig(objective="all", units=16), vocab)
+    every.set_weights(last.get_weights())
+    ids = np.random.default_rng(1).integers(0, vocab, size=(4, 12))
+    seq = every.predict(ids, verbose=0)
+    assert seq.shape == (4, 12, vocab)
+    np.testing.assert_allclose(seq[:, -1], last.predict(ids, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_mean_log_loss_is_the_cross_entropy_of_the_character_after_each_window():
+    vocab = 10
+    model = build_model(TrainConfig(units=8), vocab)
+    w = np.random.default_rng(2).integers(0, vocab, size=(50, 9))
+    probs = model.predict(w[:, :-1], verbose=0)
+    expected = -np.mean(np.log(probs[np.arange(50), w[:, -1]]))
+    assert abs(mean_log_loss(model, w, batch_size=16) - expected) < 1e-5
+    # An untrained model is close to uniform.
+    assert abs(expected - np.log(vocab)) < 0.2
