@@ -31,6 +31,7 @@ class TrainConfig:
     clipnorm: float | None = None
     batch_size: int = 1024  # global, split across workers
     epochs: int = 40
+    max_steps: int | None = None  # cap on steps per epoch (smoke tests, benchmark slices)
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: int | None = None  # None: the node's cores shared out locally

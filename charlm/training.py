@@ -13,6 +13,7 @@ import tempfile
 import time
 
 import numpy as np
+import psutil
 
 from charlm import checkpoint, runtime, storage
 from charlm.config import VAL_MAXLEN, VAL_STEP, TrainConfig
@@ -26,7 +27,8 @@ HISTORY = "history.parquet"
 def steps_per_epoch(n_windows: int, config: TrainConfig) -> int:
     """Identical on every worker: unequal step counts hang the all-reduce."""
     per_worker = config.batch_size // config.num_workers
-    return (n_windows // config.num_workers) // per_worker
+    steps = (n_windows // config.num_workers) // per_worker
+    return min(steps, config.max_steps) if config.max_steps else steps
 
 
 def train_loop(loop_config: dict) -> None:
@@ -106,6 +108,8 @@ def train_loop(loop_config: dict) -> None:
             if rank == 0:
                 _append_history(loop_config["run_dir"], metrics)
                 _emit(_epoch_line(metrics, config.epochs))
+                if config.sample_every and epoch % config.sample_every == 0:
+                    _emit(_samples(model, vocab, loop_config["seed_ids"], config.maxlen, epoch))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
                                  checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}")
             else:
@@ -117,6 +121,21 @@ def _emit(line: str) -> None:
     either duplicates the line or hides it with Train's own logs."""
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
+
+
+def _samples(model, vocab: str, seed_ids: list[int], maxlen: int, epoch: int) -> str:
+    """The seed's progress check: 400 characters at each of its temperatures,
+    from the corpus's first maxlen characters."""
+    from charlm.sampling import Generator, weights_from_model
+
+    temperatures = (0.2, 0.5, 1.0, 1.2)
+    ids, _ = Generator(weights_from_model(model), maxlen)(
+        [np.asarray(seed_ids)] * len(temperatures), np.array(temperatures),
+        np.arange(len(temperatures)) + 1000 * epoch, 400)
+    seed = "".join(vocab[i] for i in seed_ids)
+    return "\n".join([f"samples after epoch {epoch}, seed {seed!r}:"] + [
+        f"  T={t}: {''.join(vocab[i] for i in row)!r}"
+        for t, row in zip(temperatures, ids, strict=True)])
 
 
 def _epoch_line(m: dict, epochs: int) -> str:
@@ -148,7 +167,7 @@ def train(config: TrainConfig) -> str:
     import ray.train
     from ray.train.tensorflow import TensorflowTrainer
 
-    job_started = time.time()
+    job_started = psutil.Process().create_time()  # whole job: imports and Ray start-up too
     config.validate()
     corpus = load_corpus(config.corpus, keep_case=config.keep_case,
                          keep_newlines=config.keep_newlines, min_chars=config.maxlen + 1)
@@ -178,6 +197,7 @@ def train(config: TrainConfig) -> str:
     loop_config = {
         "config": config.to_dict(), "vocab": corpus.vocab, "meta": meta, "steps": steps,
         "threads": cpus, "run_dir": run_dir, "job_started": job_started,
+        "seed_ids": train_ids[:config.maxlen].tolist(),
         "val_windows": ray.put(windows(val_ids, VAL_MAXLEN, VAL_STEP)),
     }
     trainer = TensorflowTrainer(

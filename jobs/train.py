@@ -28,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--clipnorm", type=float, help="clip each gradient to this norm")
     a("--batch-size", type=int, help="global batch, split across workers (seed: 1024)")
     a("--epochs", type=int, help="epochs (seed: 40)")
+    a("--max-steps", type=int, help="cap on steps per epoch (smoke tests, benchmark slices)")
     a("--num-workers", type=int, help="training workers: one per GPU on a cluster (default 1)")
     a("--use-gpu", action="store_true", default=None, help="one GPU per worker")
     a("--cpus-per-worker", type=int, help="CPUs (and TF threads) per worker")

@@ -45,7 +45,7 @@ def unigram_entropy(text: str) -> float:
 
 
 def test_two_workers_learn_below_unigram_entropy(ray_local, corpus_file, tmp_path, capfd):
-    config = make_config(None, corpus=corpus_file, num_workers=2, epochs=3,
+    config = make_config(None, corpus=corpus_file, num_workers=2, epochs=3, sample_every=3,
                          storage_path=str(tmp_path), name="two", **TINY)
     best = train(config)
     history = pd.read_parquet(os.path.join(tmp_path, "two", HISTORY))
@@ -57,6 +57,7 @@ def test_two_workers_learn_below_unigram_entropy(ray_local, corpus_file, tmp_pat
     assert meta["corpus"]["source"].endswith("docs.txt") and meta["config"]["num_workers"] == 2
     out = capfd.readouterr().out
     assert out.count("epoch 3/3") == 1 and "best checkpoint: " + best in out
+    assert out.count("samples after epoch") == 1 and out.count("  T=") == 4
     model, _ = checkpoint.load_model(best)
     assert model.output_shape == (None, len(meta["vocab"]))
 
