@@ -28,6 +28,7 @@ class TrainConfig:
     layers: int = 1
     dropout: float = 0.0
     learning_rate: float = 0.01
+    lr_schedule: str = "constant"  # or "cosine": decay to a tenth over the run
     clipnorm: float | None = None
     batch_size: int = 1024  # global, split across workers
     epochs: int = 40
@@ -68,6 +69,9 @@ class TrainConfig:
                 raise CharlmError(f"{flag} is {value}; it must be at least 1")
         if not 0.0 < self.val_frac < 1.0:
             raise CharlmError(f"--val-frac is {self.val_frac}; use a fraction between 0 and 1")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise CharlmError(f"--lr-schedule {self.lr_schedule!r} is unknown; "
+                              "use 'constant' or 'cosine'")
         if not 0.0 <= self.dropout < 1.0:
             raise CharlmError(f"--dropout is {self.dropout}; use a value in [0, 1)")
 

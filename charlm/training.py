@@ -52,7 +52,7 @@ def train_loop(loop_config: dict) -> None:
 
     with strategy.scope():
         model = build_model(config, len(vocab))
-        compile_model(model, config)
+        compile_model(model, config, total_steps=config.epochs * loop_config["steps"])
 
     start_epoch = 1
     resumed = ray.train.get_checkpoint()

@@ -23,8 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="last: the character after each window (seed); all: every next character")
     a("--units", type=int, help="LSTM units per layer (seed: 128)")
     a("--layers", type=int, help="LSTM layers (seed: 1)")
-    a("--dropout", type=float, help="dropout between LSTM layers")
+    a("--dropout", type=float, help="dropout on each LSTM layer's output")
     a("--learning-rate", type=float, help="RMSprop learning rate (seed: 0.01)")
+    a("--lr-schedule", choices=["constant", "cosine"],
+      help="constant (seed) or cosine decay to a tenth over the run")
     a("--clipnorm", type=float, help="clip each gradient to this norm")
     a("--batch-size", type=int, help="global batch, split across workers (seed: 1024)")
     a("--epochs", type=int, help="epochs (seed: 40)")
