@@ -135,17 +135,26 @@ def init_ray(verbose: bool = False, cpus_needed: int = 1) -> None:
 def require_gpus(count: int, wait_s: float = 900.0) -> None:
     """Fail clearly instead of hanging on GPU workers that can never be placed.
 
-    An embedded Ray has the GPUs it has; a cluster may still be scaling up,
-    so wait there before giving up."""
+    An embedded Ray has the GPUs it has. A cluster may still have to start GPU
+    nodes: ask the autoscaler for them and wait, then withdraw the request
+    (it would otherwise keep the nodes up after the job)."""
     import ray
 
-    deadline = time.monotonic() + (wait_s if on_cluster() else 0.0)
-    while True:
-        have = int(ray.cluster_resources().get("GPU", 0))
-        if have >= count:
-            return
-        if time.monotonic() >= deadline:
-            where = "this Ray cluster" if on_cluster() else "this machine"
-            raise CharlmError(f"--use-gpu needs {count} GPU(s) but {where} has {have}; "
-                              "drop --use-gpu or run on GPU nodes (see README, On a cluster)")
-        time.sleep(5)
+    have = int(ray.cluster_resources().get("GPU", 0))
+    if have >= count:
+        return
+    if on_cluster():
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[{"GPU": 1}] * count)
+        try:
+            deadline = time.monotonic() + wait_s
+            while have < count and time.monotonic() < deadline:
+                time.sleep(5)
+                have = int(ray.cluster_resources().get("GPU", 0))
+        finally:
+            request_resources(bundles=[])
+    if have < count:
+        where = "this Ray cluster" if on_cluster() else "this machine"
+        raise CharlmError(f"--use-gpu needs {count} GPU(s) but {where} has {have}; "
+                          "drop --use-gpu or run on GPU nodes (see README, On a cluster)")
