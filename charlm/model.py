@@ -9,6 +9,8 @@ LSTM layer's output instead.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import tensorflow as tf
 
@@ -66,20 +68,11 @@ def split_xy(windows: np.ndarray, objective: str) -> tuple[np.ndarray, np.ndarra
     return x, y
 
 
-def mean_log_loss(model: tf.keras.Model, windows: np.ndarray, batch_size: int = 2048) -> float:
+def held_out_scorer(model: tf.keras.Model, batch_size: int = 1024) -> Callable[[np.ndarray], float]:
     """Mean cross-entropy (nats) of the character after each window, from a zero
-    state: the seed's held-out score, for either objective's model."""
-    predict = _last_step_fn(model)
-    total, count = 0.0, 0
-    for start in range(0, len(windows), batch_size):
-        chunk = windows[start:start + batch_size]
-        total += float(predict(tf.constant(chunk[:, :-1], tf.int32),
-                               tf.constant(chunk[:, -1], tf.int32)))
-        count += len(chunk)
-    return total / max(count, 1)
+    state: the seed's held-out score, for either objective's model. Build it
+    once per model: it holds a compiled graph."""
 
-
-def _last_step_fn(model: tf.keras.Model):
     @tf.function(reduce_retracing=True)
     def nll_sum(x, y):
         probs = model(x, training=False)
@@ -87,4 +80,17 @@ def _last_step_fn(model: tf.keras.Model):
             probs = probs[:, -1]
         p = tf.gather(probs, y, batch_dims=1)
         return -tf.reduce_sum(tf.math.log(tf.maximum(p, 1e-7)))
-    return nll_sum
+
+    def score(windows: np.ndarray) -> float:
+        total = 0.0
+        for start in range(0, len(windows), batch_size):
+            chunk = windows[start:start + batch_size]
+            total += float(nll_sum(tf.constant(chunk[:, :-1], tf.int32),
+                                   tf.constant(chunk[:, -1], tf.int32)))
+        return total / max(len(windows), 1)
+
+    return score
+
+
+def mean_log_loss(model: tf.keras.Model, windows: np.ndarray, batch_size: int = 1024) -> float:
+    return held_out_scorer(model, batch_size)(windows)

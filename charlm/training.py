@@ -19,7 +19,7 @@ from charlm import checkpoint, runtime, storage
 from charlm.config import VAL_MAXLEN, VAL_STEP, TrainConfig
 from charlm.corpus import Corpus, load_corpus
 from charlm.errors import CharlmError
-from charlm.windows import split, training_dataset, window_starts, windows
+from charlm.windows import split, training_dataset, window_count, windows
 
 HISTORY = "history.parquet"
 
@@ -40,14 +40,17 @@ def train_loop(loop_config: dict) -> None:
     runtime.quiet_worker(config.verbose)
     import tensorflow as tf
 
-    from charlm.model import build_model, compile_model, mean_log_loss
+    from charlm.model import build_model, compile_model, held_out_scorer
 
     threads = loop_config["threads"]
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
+    # One worker has nothing to all-reduce: skip the collective runtime (its
+    # gRPC server, threads and per-step overhead).
+    strategy = (tf.distribute.MultiWorkerMirroredStrategy() if ctx.get_world_size() > 1
+                else tf.distribute.get_strategy())
     vocab: str = loop_config["vocab"]
 
     with strategy.scope():
@@ -64,6 +67,7 @@ def train_loop(loop_config: dict) -> None:
             print(f"resumed from epoch {start_epoch - 1} ({resumed.path})", flush=True)
 
     val_windows = ray.get(loop_config["val_windows"]) if rank == 0 else None
+    score = held_out_scorer(model)
     steps = loop_config["steps"]
     per_worker = config.batch_size // config.num_workers
     shard = ray.train.get_dataset_shard("train")
@@ -96,7 +100,7 @@ def train_loop(loop_config: dict) -> None:
         }
         with tempfile.TemporaryDirectory() as d:
             if rank == 0:
-                metrics["val_loss"] = mean_log_loss(model, val_windows)
+                metrics["val_loss"] = score(val_windows)
                 metrics["elapsed_s"] = time.time() - loop_config["job_started"]
                 meta = {**loop_config["meta"], "epoch": epoch,
                         "metrics": {"loss": metrics["loss"], "val_loss": metrics["val_loss"]}}
@@ -172,7 +176,7 @@ def train(config: TrainConfig) -> str:
     corpus = load_corpus(config.corpus, keep_case=config.keep_case,
                          keep_newlines=config.keep_newlines, min_chars=config.maxlen + 1)
     train_ids, val_ids = split(corpus.ids, config.val_frac, config.maxlen, VAL_MAXLEN)
-    n_windows = len(window_starts(len(train_ids), config.maxlen, config.step))
+    n_windows = window_count(len(train_ids), config.maxlen, config.step)
     steps = steps_per_epoch(n_windows, config)
     if steps < 1:
         raise CharlmError(

@@ -19,6 +19,10 @@ def holdout_start(n_chars: int, val_frac: float) -> int:
     return int(n_chars * (1 - val_frac))
 
 
+def window_count(n_chars: int, maxlen: int, step: int) -> int:
+    return len(range(0, max(n_chars - maxlen, 0), step))
+
+
 def window_starts(n_chars: int, maxlen: int, step: int) -> np.ndarray:
     """The seed's loop: `for i in range(0, len(text) - maxlen, step)`."""
     return np.arange(0, max(n_chars - maxlen, 0), step, dtype=np.int64)
@@ -60,7 +64,6 @@ def training_dataset(train_ids: np.ndarray, maxlen: int, step: int):
     """Ray Dataset of training windows, reshuffled every time it is iterated."""
     import ray.data
 
-    n = len(window_starts(len(train_ids), maxlen, step))
-    return (ray.data.range(n)
+    return (ray.data.range(window_count(len(train_ids), maxlen, step))
             .random_shuffle()
             .map_batches(_Gather(train_ids, maxlen, step), batch_format="numpy"))

@@ -1,0 +1,128 @@
+"""How generated text changes with temperature, from a jobs.generate output:
+a table on the console and a PNG chart beside the output.
+
+Per sample, then averaged per (context mode, temperature): mean
+log-probability (what the model thinks of its own text), distinct words /
+words (variety), share of words found in the run's corpus (real words vs
+invented ones), and the rate of repeated word 4-grams (the loops of low
+temperatures).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from charlm import checkpoint, storage
+from charlm.errors import CharlmError
+
+WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")
+METRICS = {  # column → chart title
+    "mean_logprob": "mean log-probability (nats/char)",
+    "distinct_words": "distinct words / words",
+    "in_vocab": "words found in the corpus",
+    "repeat_4gram": "repeated word 4-grams",
+}
+
+
+def words(text: str) -> list[str]:
+    return WORD.findall(text.lower())
+
+
+def repeated_ngram_rate(tokens: list[str], n: int = 4) -> float:
+    """Share of a text's word n-grams that already occurred earlier in it."""
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return 1 - len(set(grams)) / len(grams) if grams else np.nan
+
+
+def summarize(df: pd.DataFrame, vocabulary: set[str]) -> pd.DataFrame:
+    """One row per (context_mode, temperature)."""
+    tokens = df["text"].map(words)
+    n = tokens.map(len).replace(0, np.nan)
+    per_sample = pd.DataFrame({
+        "context_mode": df["context_mode"], "temperature": df["temperature"],
+        "mean_logprob": df["mean_logprob"],
+        "distinct_words": tokens.map(lambda t: len(set(t))) / n,
+        "in_vocab": tokens.map(lambda t: sum(w in vocabulary for w in t)) / n,
+        "repeat_4gram": tokens.map(repeated_ngram_rate),
+    })
+    grouped = per_sample.groupby(["context_mode", "temperature"])
+    return grouped.size().rename("samples").to_frame().join(grouped.mean()).reset_index()
+
+
+def load(output: str) -> pd.DataFrame:
+    fs, path = storage.resolve(output)
+    try:
+        return pq.read_table(path, filesystem=fs).to_pandas()
+    except (OSError, ValueError) as e:  # missing path, or not Parquet
+        raise CharlmError(f"{output} is not a jobs.generate output ({str(e).splitlines()[0]}); "
+                          "pass the --output of a generation job") from e
+
+
+def vocabulary(df: pd.DataFrame) -> tuple[set[str], str]:
+    """Words of the run's corpus, else (corpus unavailable) of the seed texts."""
+    from charlm.generation import run_corpus
+
+    uri = df["checkpoint"].iloc[0]
+    try:
+        fs, path = storage.resolve(uri)
+        with fs.open_input_stream(f"{path.rstrip('/')}/{checkpoint.META}") as f:
+            meta = json.loads(f.read().decode("utf-8"))
+        corpus = run_corpus(meta)
+        return set(words(corpus.text)), f"words of corpus {corpus.name}"
+    except (CharlmError, OSError, ValueError) as e:
+        return (set(words(" ".join(df["seed_text"].unique()))),
+                f"words of the seed texts (corpus unavailable: {str(e).splitlines()[0]})")
+
+
+def chart(table: pd.DataFrame, path: str) -> None:
+    """The four metrics against temperature, one line per context mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+    for ax, (column, title) in zip(axes.flat, METRICS.items(), strict=True):
+        for mode, rows in table.groupby("context_mode"):
+            ax.plot(rows["temperature"], rows[column], marker="o", label=mode)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    for ax in axes[1]:
+        ax.set_xlabel("temperature")
+    axes[0, 0].legend(title="context")
+    fig.suptitle("charlm generation by temperature")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    fs, p = storage.resolve(path)
+    try:
+        with fs.open_output_stream(p) as f:
+            f.write(buf.getvalue())
+    except OSError as e:
+        raise CharlmError(f"chart {path} cannot be written ({e}); pass --chart with a "
+                          "writable path") from e
+
+
+def report(output: str, chart_path: str | None = None) -> str:
+    """Print the table, write the chart (default `<output>.report.png`); returns its path."""
+    output = storage.normalize(output)
+    df = load(output)
+    if df.empty:
+        raise CharlmError(f"{output} holds no samples; run jobs.generate again")
+    words_of, source = vocabulary(df)
+    table = summarize(df, words_of)
+    print(f"{len(df):,} samples from {df['checkpoint'].iloc[0]}; "
+          f"vocabulary: {source} ({len(words_of):,} distinct)")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    chart_path = storage.normalize(chart_path or f"{output.rstrip('/')}.report.png")
+    chart(table, chart_path)
+    print(f"chart: {chart_path}", flush=True)
+    return chart_path
+
