@@ -15,7 +15,8 @@ def _charlm_cause(e: BaseException) -> CharlmError | None:
         if isinstance(e, CharlmError):
             return e
         seen.add(id(e))
-        e = e.__cause__ or e.__context__
+        # Ray's ActorDiedError keeps an actor constructor's error as `.cause`.
+        e = e.__cause__ or getattr(e, "cause", None) or e.__context__
     return None
 
 

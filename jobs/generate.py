@@ -1,0 +1,69 @@
+"""Sample many seeds × temperatures from a checkpoint with Ray Data, into
+Parquet: `python -m jobs.generate --help`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from charlm.cli import run_job
+from charlm.generation import CONTEXT_MODES, GenerateOptions, generate
+
+D = GenerateOptions  # the defaults live there, for callers that skip the flags
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    a = parser.add_argument
+    a("--checkpoint", required=True,
+      help="a run directory (its best checkpoint is used) or a checkpoint_* directory; "
+           "local, s3:// or gs://")
+    a("--output", required=True, help="Parquet dataset to write: local directory, s3:// or gs://")
+    a("--overwrite", action="store_true", help="replace an existing --output")
+    a("--seed", action="append", default=[], metavar="TEXT",
+      help="a seed text (repeatable)")
+    a("--seeds-file", help="UTF-8 file, one seed per line (blank lines skipped)")
+    a("--num-seeds", type=int, default=D.num_seeds, metavar="N",
+      help="N seeds of maxlen characters spread over the run's held-out text")
+    a("--recipe-seed", action=argparse.BooleanOptionalAction, default=None,
+      help="row 0 is the seed recipe's own seed, the corpus's first maxlen characters "
+           "(default: on unless only --seed/--seeds-file are given)")
+    a("--unknown-chars", choices=["error", "skip"], default=D.unknown_chars,
+      help="seed characters outside the vocabulary: fail (default) or drop them")
+    a("--temperatures", default=D.temperatures,
+      help="comma-separated; 0 is greedy (default: the seed's %(default)s)")
+    a("--samples-per-seed", type=int, default=D.samples_per_seed,
+      help="samples per seed and temperature (default %(default)s)")
+    a("--length", type=int, default=D.length,
+      help="characters generated per sample (default %(default)s)")
+    a("--context-mode", choices=CONTEXT_MODES, default=D.context_mode,
+      help="window: the seed's last-maxlen-characters window re-run every step; "
+           "stateful: the LSTM state carried forward (much faster)")
+    a("--top-k", type=int, default=D.top_k,
+      help="draw only among the k likeliest characters (0: all)")
+    a("--rng-seed", type=int, default=D.rng_seed,
+      help="base of every sample's own RNG seed (default %(default)s)")
+    a("--concurrency", type=int, default=D.concurrency,
+      help="generation actors (default %(default)s)")
+    a("--batch-size", type=int, default=D.batch_size,
+      help="requests generated together per call (default %(default)s)")
+    a("--cpus-per-actor", type=int,
+      help="CPUs (and TF threads) per actor (default: this machine's cores / "
+           "--concurrency; 1 on a cluster)")
+    a("--use-gpu", action="store_true", help="one GPU per actor")
+    a("--verbose", action="store_true", help="show TensorFlow and Ray logs")
+
+
+def run(args: argparse.Namespace) -> str:
+    names = {f.name for f in dataclasses.fields(GenerateOptions)}
+    return generate(GenerateOptions(**{k: v for k, v in vars(args).items() if k in names}))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m jobs.generate", description=__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    run_job(lambda: run(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Per-temperature table and PNG chart of a jobs.generate output:
+`python -m jobs.report --help`."""
+
+from __future__ import annotations
+
+import argparse
+
+from charlm.cli import run_job
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    a = parser.add_argument
+    a("output", help="the --output of jobs.generate (local directory, s3:// or gs://)")
+    a("--chart", help="where to write the PNG (default: <output>.report.png)")
+
+
+def run(args: argparse.Namespace) -> str:
+    from charlm.report import report
+
+    return report(args.output, args.chart)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m jobs.report", description=__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    run_job(lambda: run(args))
+
+
+if __name__ == "__main__":
+    main()

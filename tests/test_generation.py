@@ -1,0 +1,258 @@
+"""jobs.generate end to end on a local Ray: a tiny checkpoint, real actors,
+real Parquet read back with pandas."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pyarrow.fs as pafs
+import pytest
+import ray
+
+from charlm import checkpoint, generation, runtime
+from charlm.config import TrainConfig
+from charlm.corpus import load_corpus
+from charlm.generation import GenerateOptions, collect_seeds
+from charlm.model import build_model, compile_model, split_xy
+from charlm.windows import holdout_start, windows
+from jobs import generate as job
+
+COLUMNS = ["run_id", "created_at", "checkpoint", "checkpoint_epoch", "corpus", "seed_text",
+           "temperature", "sample_index", "rng_seed", "context_mode", "top_k", "length",
+           "text", "mean_logprob", "seconds"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=4, include_dashboard=False,
+                 runtime_env={"env_vars": runtime.worker_env(False)})
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return load_corpus("python-docs")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, corpus):
+    """A run with one checkpoint of a tiny model, trained a few hundred steps."""
+    config = TrainConfig(corpus="python-docs", units=32, maxlen=12, step=12, objective="all",
+                         batch_size=64, epochs=1)
+    model = build_model(config, len(corpus.vocab))
+    compile_model(model, config)
+    x, y = split_xy(windows(corpus.ids[:100_000].astype(np.int32), config.maxlen,
+                            config.step), "all")
+    model.fit(x, y, batch_size=64, steps_per_epoch=150, epochs=1, verbose=0)
+    run = tmp_path_factory.mktemp("runs") / "docs-lstm"
+    directory = run / "checkpoint_epoch_0001"
+    directory.mkdir(parents=True)
+    checkpoint.save(str(directory), model, {
+        "format": 1, "run": "docs-lstm", "vocab": corpus.vocab, "config": config.to_dict(),
+        "epoch": 1, "corpus": corpus.info(), "metrics": {"loss": 2.0, "val_loss": 2.1}})
+    return str(run)
+
+
+def run_job(*argv) -> str:
+    parser = argparse.ArgumentParser()
+    job.add_arguments(parser)
+    return job.run(parser.parse_args([str(a) for a in argv]))
+
+
+def leftovers(path) -> list[str]:
+    """Anything at the output path, or temporary directories beside it."""
+    parent, name = os.path.split(str(path))
+    return [f for f in os.listdir(parent) if f == name or f.startswith(f".{name}.tmp")]
+
+
+REQUEST = ["--num-seeds", 3, "--seed", "the ", "--temperatures", "0,0.5,1.0",
+           "--samples-per-seed", 2, "--length", 24]
+
+
+@pytest.fixture(scope="module")
+def first(run_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gen") / "out"
+    path = run_job("--checkpoint", run_dir, *REQUEST, "--batch-size", 64, "--output", out)
+    return path, pd.read_parquet(path)
+
+
+def test_output_schema_and_every_request_present(first, run_dir, corpus, capsys):
+    path, df = first
+    assert list(df.columns) == COLUMNS
+    assert str(df["created_at"].dtype) == "datetime64[us, UTC]"
+    for column in ("checkpoint_epoch", "sample_index", "rng_seed", "top_k", "length"):
+        assert df[column].dtype == np.int64
+    for column in ("temperature", "mean_logprob", "seconds"):
+        assert df[column].dtype == np.float64
+    assert df["run_id"].nunique() == 1
+    assert set(df["checkpoint"]) == {os.path.join(run_dir, "checkpoint_epoch_0001")}
+    assert set(df["corpus"]) == {"python-docs"} and set(df["checkpoint_epoch"]) == {1}
+
+    recipe = corpus.text[:12]
+    tail = corpus.text[holdout_start(len(corpus.text), 0.1):]
+    seeds = df["seed_text"].unique().tolist()
+    assert seeds[:2] == [recipe, "the "] and len(seeds) == 5
+    assert all(len(s) == 12 and s in tail for s in seeds[2:])
+    assert df.iloc[0]["seed_text"] == recipe  # the recipe's experiment is row 0
+    keys = set(zip(df.seed_text, df.temperature, df.sample_index, strict=True))
+    assert keys == set(itertools.product(seeds, [0.0, 0.5, 1.0], [0, 1]))
+    assert len(df) == len(keys) == 30
+
+    assert (df["text"].str.len() == 24).all() and (df["length"] == 24).all()
+    assert set(df["context_mode"]) == {"window"}
+    assert (df["mean_logprob"] < 0).all() and (df["seconds"] > 0).all()
+    greedy = df[df.temperature == 0].groupby("seed_text")["text"].nunique()
+    assert (greedy == 1).all()  # T = 0: every sample of a seed is the argmax path
+    assert df["rng_seed"].nunique() == 30
+
+
+def test_same_texts_whatever_the_batches_and_actors(first, run_dir):
+    """Rerun one row per call on two actors, over the first output (--overwrite)."""
+    path, before = first
+    again = run_job("--checkpoint", run_dir, *REQUEST, "--batch-size", 1, "--concurrency", 2,
+                    "--cpus-per-actor", 1, "--output", path, "--overwrite")
+    after = pd.read_parquet(again)
+    assert after["run_id"].iloc[0] != before["run_id"].iloc[0]
+    assert after["rng_seed"].tolist() == before["rng_seed"].tolist()  # request order kept
+    key = ["seed_text", "temperature", "sample_index"]
+    merged = before.merge(after, on=key, suffixes=("", "_again"))
+    assert len(merged) == 30
+    assert (merged["text"] == merged["text_again"]).all()
+    assert (merged["rng_seed"] == merged["rng_seed_again"]).all()
+    np.testing.assert_allclose(merged["mean_logprob"], merged["mean_logprob_again"], atol=1e-9)
+    assert leftovers(path) == [os.path.basename(path)]
+
+
+def test_stateful_mode_with_top_k(run_dir, tmp_path, capsys):
+    out = tmp_path / "stateful"
+    path = run_job("--checkpoint", run_dir, "--seed", "def f(x):", "--seed", "a",
+                   "--temperatures", "1.0", "--length", 50, "--context-mode", "stateful",
+                   "--top-k", 3, "--output", out)
+    df = pd.read_parquet(path)
+    assert df["seed_text"].tolist() == ["def f(x):", "a"]  # explicit seeds only
+    assert set(df["context_mode"]) == {"stateful"} and set(df["top_k"]) == {3}
+    assert (df["text"].str.len() == 50).all()
+    assert f"wrote 2 samples to {out}" in capsys.readouterr().out
+
+
+def test_refuses_an_existing_output(first, run_dir, capsys):
+    path, before = first
+    mtimes = {f: os.path.getmtime(os.path.join(path, f)) for f in os.listdir(path)}
+    with pytest.raises(SystemExit) as exit_:
+        job.main(["--checkpoint", run_dir, "--output", path])
+    assert exit_.value.code == 2
+    assert "already exists" in capsys.readouterr().err
+    assert {f: os.path.getmtime(os.path.join(path, f)) for f in os.listdir(path)} == mtimes
+
+
+def test_failure_mid_job_leaves_nothing(run_dir, tmp_path, monkeypatch):
+    """The checkpoint passes the driver's check but the actors cannot load it."""
+    broken = tmp_path / "broken"
+    shutil.copytree(os.path.join(run_dir, "checkpoint_epoch_0001"), broken)
+    data = next(broken.glob("state.data-*"))
+    data.write_bytes(data.read_bytes()[:100])
+    good = generation.load_checkpoint(os.path.join(run_dir, "checkpoint_epoch_0001"))
+    monkeypatch.setattr(generation, "load_checkpoint", lambda uri: good)  # driver only
+    out = tmp_path / "out"
+    with pytest.raises(Exception, match="cannot be loaded"):
+        run_job("--checkpoint", broken, "--length", 10, "--output", out)
+    assert leftovers(out) == []
+
+
+def _write(path, text) -> str:
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing checkpoint", "does not exist"),
+    ("unloadable checkpoint", "cannot be loaded"),
+    ("unknown characters", "outside the model's vocabulary: '€' '☃'"),
+    ("empty seeds file", "holds no seed"),
+    ("length 0", "--length is 0"),
+    ("temperature not a number", "'warm' is not a number"),
+    ("negative temperature", "-0.5 is not allowed"),
+    ("no temperature", "lists no temperature"),
+    ("unwritable output", "cannot be written"),
+    ("corpus changed", "pass seeds with --seeds-file or --seed"),
+    ("no GPU", "--use-gpu needs 1 GPU(s)"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(case, message, run_dir, tmp_path, capsys):
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    _write(garbage / checkpoint.META, "{not json")
+    changed = tmp_path / "changed"
+    shutil.copytree(os.path.join(run_dir, "checkpoint_epoch_0001"), changed)
+    meta = json.loads((changed / checkpoint.META).read_text())
+    meta["corpus"]["sha256"] = "0" * 64
+    _write(changed / checkpoint.META, json.dumps(meta))
+    out = tmp_path / "out"
+    a_file = _write(tmp_path / "a_file", "x")
+    argv = {
+        "missing checkpoint": ["--checkpoint", tmp_path / "nope"],
+        "unloadable checkpoint": ["--checkpoint", garbage],
+        "unknown characters": ["--seed", "snow☃man €5"],
+        "empty seeds file": ["--seeds-file", _write(tmp_path / "seeds.txt", "\n  \n")],
+        "length 0": ["--length", 0],
+        "temperature not a number": ["--temperatures", "0.5,warm"],
+        "negative temperature": ["--temperatures", "1,-0.5"],
+        "no temperature": ["--temperatures", " , "],
+        "unwritable output": ["--output", os.path.join(a_file, "out")],
+        "corpus changed": ["--checkpoint", changed, "--num-seeds", 2],
+        "no GPU": ["--use-gpu"],
+    }[case]
+    defaults = {"--checkpoint": run_dir, "--output": out}
+    for flag, value in defaults.items():
+        if flag not in argv:
+            argv += [flag, value]
+    with pytest.raises(SystemExit) as exit_:
+        job.main([str(a) for a in argv])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err, err
+    assert leftovers(out) == []
+
+
+def test_unknown_characters_can_be_skipped(run_dir):
+    meta = checkpoint.read_meta(os.path.join(run_dir, "checkpoint_epoch_0001"))
+    options = GenerateOptions(checkpoint=run_dir, output="unused", seed=["Snow☃Man"],
+                              unknown_chars="skip")
+    assert collect_seeds(options, meta) == ["snowman"]  # and lower-cased like the corpus
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_staged_output_on_a_filesystem_without_rename(tmp_path, monkeypatch, fail):
+    """The s3/gs path (copy into place, then delete), on a non-local pyarrow filesystem."""
+    fs = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
+    monkeypatch.setattr(generation.storage, "resolve", lambda uri: (fs, "gen"))
+    (tmp_path / "gen").mkdir()
+    (tmp_path / "gen" / "old.parquet").write_text("old")
+    with pytest.raises(RuntimeError) if fail else contextlib.nullcontext():
+        with generation.staged_output("s3://bucket/gen", overwrite=True) as (staged_fs, tmp):
+            assert staged_fs is fs
+            with fs.open_output_stream(f"{tmp}/new.parquet") as f:
+                f.write(b"new")
+            if fail:
+                raise RuntimeError("a failed job")
+    assert sorted(os.listdir(tmp_path)) == ["gen"]  # the temporary prefix is gone
+    assert os.listdir(tmp_path / "gen") == ["old.parquet" if fail else "new.parquet"]
+
+
+def test_seeds_are_distinct_and_in_order(run_dir, corpus):
+    meta = checkpoint.read_meta(os.path.join(run_dir, "checkpoint_epoch_0001"))
+    options = GenerateOptions(checkpoint=run_dir, output="unused", seed=["b", "a", "b"],
+                              num_seeds=200)
+    seeds = collect_seeds(options, meta)
+    assert seeds[:3] == [corpus.text[:12], "b", "a"]
+    assert len(seeds) == len(set(seeds)) > 100
