@@ -52,11 +52,11 @@ def build_model(config: TrainConfig, vocab_size: int,
 
 
 def compile_model(model: tf.keras.Model, config: TrainConfig, total_steps: int = 1) -> None:
-    """RMSprop as the seed; `cosine` decays the rate to a tenth over the run's
+    """RMSprop as the seed; `cosine` decays the rate to 1/20 over the run's
     total_steps (the fast preset)."""
     rate = config.learning_rate
     if config.lr_schedule == "cosine":
-        rate = tf.keras.optimizers.schedules.CosineDecay(rate, total_steps, alpha=0.1)
+        rate = tf.keras.optimizers.schedules.CosineDecay(rate, total_steps, alpha=0.05)
     optimizer = tf.keras.optimizers.RMSprop(learning_rate=rate, clipnorm=config.clipnorm)
     model.compile(optimizer=optimizer, loss=tf.keras.losses.SparseCategoricalCrossentropy())
 

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--dropout", type=float, help="dropout on each LSTM layer's output")
     a("--learning-rate", type=float, help="RMSprop learning rate (seed: 0.01)")
     a("--lr-schedule", choices=["constant", "cosine"],
-      help="constant (seed) or cosine decay to a tenth over the run")
+      help="constant (seed) or cosine decay to 1/20 over the run")
     a("--clipnorm", type=float, help="clip each gradient to this norm")
     a("--batch-size", type=int, help="global batch, split across workers (seed: 1024)")
     a("--epochs", type=int, help="epochs (seed: 40)")
