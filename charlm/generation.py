@@ -25,7 +25,7 @@ import pyarrow.fs as pafs
 
 from charlm import checkpoint, runtime, storage
 from charlm.config import TrainConfig
-from charlm.errors import CharlmError
+from charlm.errors import CharlmError, first_line
 
 CONTEXT_MODES = ("window", "stateful")
 
@@ -118,7 +118,7 @@ def load_checkpoint(uri: str):
     except CharlmError:
         raise
     except Exception as e:  # TF, JSON and pyarrow raise many types for a bad checkpoint
-        raise CharlmError(f"checkpoint {uri} cannot be loaded ({_first_line(e)}); "
+        raise CharlmError(f"checkpoint {uri} cannot be loaded ({first_line(e)}); "
                           "pass a checkpoint written by jobs.train") from e
     finally:
         if local != uri:  # a download: the weights are in memory now
@@ -154,7 +154,7 @@ def read_seeds_file(path: str) -> list[str]:
         with fs.open_input_stream(p) as f:
             text = f.read().decode("utf-8")
     except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
-        raise CharlmError(f"--seeds-file {path} cannot be read ({_first_line(e)}); "
+        raise CharlmError(f"--seeds-file {path} cannot be read ({first_line(e)}); "
                           "pass a UTF-8 text file with one seed per line") from e
     seeds = [line for line in text.removeprefix("\ufeff").splitlines() if line.strip()]
     if not seeds:
@@ -290,7 +290,7 @@ def staged_output(output: str, overwrite: bool) -> Iterator[tuple[pafs.FileSyste
         fs.delete_file(f"{tmp}/.probe")
     except Exception as e:  # pyarrow raises several types for permissions and bad URIs
         _delete(fs, tmp)
-        raise CharlmError(f"--output {output} cannot be written ({_first_line(e)}); "
+        raise CharlmError(f"--output {output} cannot be written ({first_line(e)}); "
                           "choose a directory or bucket you can write to") from e
     try:
         yield fs, tmp
@@ -372,12 +372,7 @@ def generate(o: GenerateOptions) -> str:
                       fn_constructor_kwargs={"uri": uri, "context_mode": o.context_mode,
                                              "top_k": o.top_k, "length": o.length,
                                              "threads": cpus, "constants": constants},
-                      runtime_env={"env_vars": runtime.worker_env(o.verbose)})
+                      runtime_env=runtime.runtime_env(o.verbose))
          .write_parquet(tmp, filesystem=fs))
     print(f"wrote {len(rows):,} samples to {output}", flush=True)
     return output
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__

@@ -7,7 +7,7 @@ import uuid
 
 import pyarrow.fs as pafs
 
-from charlm.errors import CharlmError
+from charlm.errors import CharlmError, first_line
 
 
 def is_uri(path: str) -> bool:
@@ -26,7 +26,7 @@ def resolve(path: str) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(path)
     except Exception as e:  # pyarrow raises several types for bad or unsupported URIs
-        raise CharlmError(f"cannot open {path}: {_first_line(e)}; "
+        raise CharlmError(f"cannot open {path}: {first_line(e)}; "
                           "check the URI and credentials") from e
 
 
@@ -49,10 +49,5 @@ def check_writable(path: str, flag: str) -> None:
             f.write(b"ok")
         fs.delete_file(probe)
     except Exception as e:
-        raise CharlmError(f"{flag} {path} cannot be written ({_first_line(e)}); "
+        raise CharlmError(f"{flag} {path} cannot be written ({first_line(e)}); "
                           "choose a directory or bucket you can write to") from e
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]

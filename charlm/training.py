@@ -19,7 +19,7 @@ from charlm import checkpoint, runtime, storage
 from charlm.config import VAL_MAXLEN, VAL_STEP, TrainConfig
 from charlm.corpus import Corpus, load_corpus
 from charlm.errors import CharlmError
-from charlm.windows import split, training_dataset, window_count, windows
+from charlm.windows import split, training_stream, window_count, windows
 
 HISTORY = "history.parquet"
 
@@ -73,10 +73,13 @@ def train_loop(loop_config: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
     spec = tf.TensorSpec(shape=(per_worker, config.maxlen + 1), dtype=tf.int32)
 
+    # One stream for the whole run; each epoch takes its `steps` batches.
+    stream = iter(shard.iter_batches(batch_size=per_worker, drop_last=True,
+                                     batch_format="numpy", prefetch_batches=4))
+
     def batches():
-        for batch in shard.iter_batches(batch_size=per_worker, drop_last=True,
-                                        batch_format="numpy", prefetch_batches=4):
-            yield batch["window"].astype(np.int32)
+        for _ in range(steps):
+            yield next(stream)["window"].astype(np.int32)
 
     def to_xy(w):
         return w[:, :-1], (w[:, 1:] if config.objective == "all" else w[:, -1])
@@ -85,7 +88,7 @@ def train_loop(loop_config: dict) -> None:
         # Batches are per worker already: datasets from a function are not
         # rebatched by the strategy (a plain dataset would be split W ways).
         return (tf.data.Dataset.from_generator(batches, output_signature=spec)
-                .take(steps).map(to_xy).prefetch(tf.data.AUTOTUNE))
+                .map(to_xy).prefetch(tf.data.AUTOTUNE))
 
     for epoch in range(start_epoch, config.epochs + 1):
         data = strategy.distribute_datasets_from_function(epoch_data)
@@ -210,7 +213,8 @@ def train(config: TrainConfig) -> str:
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.num_workers, use_gpu=config.use_gpu,
             resources_per_worker={"CPU": cpus, **({"GPU": 1} if config.use_gpu else {})}),
-        datasets={"train": training_dataset(train_ids, config.maxlen, config.step)},
+        datasets={"train": training_stream(train_ids, config.maxlen, config.step,
+                                           config.epochs, config.seed)},
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),

@@ -50,20 +50,38 @@ def split(ids: np.ndarray, val_frac: float, maxlen: int,
     return train, val
 
 
-class _Gather:
-    """Ray Data UDF: window start offsets → windows (uint8/uint16 ids)."""
+# A prime stride that scatters consecutive row numbers over the whole text, so
+# that every block of rows (and so every batch) samples the whole corpus.
+_STRIDE = 1_000_003
 
-    def __init__(self, ids: np.ndarray, maxlen: int, step: int):
-        self.ids, self.maxlen, self.step = ids, maxlen, step
+
+class _Gather:
+    """Ray Data UDF: a block of row numbers → its windows. Row r belongs to
+    epoch r // count; each epoch visits every window once, through its own
+    random rotation of a strided order, shuffled again within each block."""
+
+    def __init__(self, ids: np.ndarray, maxlen: int, step: int, count: int, seed: int):
+        self.ids, self.maxlen, self.step, self.count, self.seed = ids, maxlen, step, count, seed
+        self.stride = _STRIDE if count % _STRIDE else _STRIDE + 2  # coprime to count
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {"window": gather(self.ids, batch["id"] * self.step, self.maxlen)}
+        rows = np.random.default_rng([self.seed, int(batch["id"][0])]).permutation(batch["id"])
+        epoch, local = rows // self.count, rows % self.count
+        rotations = np.random.default_rng(self.seed).integers(self.count, size=epoch.max() + 1)
+        order = (local * self.stride + rotations[epoch]) % self.count
+        return {"window": gather(self.ids, order * self.step, self.maxlen)}
 
 
-def training_dataset(train_ids: np.ndarray, maxlen: int, step: int):
-    """Ray Dataset of training windows, reshuffled every time it is iterated."""
+def training_stream(train_ids: np.ndarray, maxlen: int, step: int, epochs: int, seed: int = 0):
+    """One Ray Dataset holding every epoch's windows, read once per run.
+
+    Re-executing a dataset per epoch makes every worker wait at the split's
+    epoch barrier while the next execution starts; one stream does not, and
+    needs no all-to-all shuffle (whose tasks would take CPU from training)."""
     import ray.data
 
-    return (ray.data.range(window_count(len(train_ids), maxlen, step))
-            .random_shuffle()
-            .map_batches(_Gather(train_ids, maxlen, step), batch_format="numpy"))
+    count = window_count(len(train_ids), maxlen, step)
+    rows = count * epochs
+    return (ray.data.range(rows, override_num_blocks=max(4, min(rows // 65_536, 4_000)))
+            .map_batches(_Gather(train_ids, maxlen, step, count, seed), batch_size=None,
+                         batch_format="numpy"))
