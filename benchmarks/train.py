@@ -623,7 +623,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--configs", help=f"comma list of {','.join(ALL_CONFIGS)} "
                                      f"(default {DEFAULT_CONFIGS}; none with --big)")
     p.add_argument("--fast-epochs", type=int,
-                   help="epochs for the fast preset (default: the preset's 20; "
+                   help="epochs for the fast preset (default: the preset's own; "
                         "--epochs with --quick)")
     p.add_argument("--targets", default="1.55,1.35", help="held-out losses for time to quality")
     p.add_argument("--max-steps", type=int,

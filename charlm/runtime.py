@@ -18,7 +18,9 @@ from charlm.errors import CharlmError
 
 def worker_env(verbose: bool) -> dict[str, str]:
     """Environment for every Ray worker: tf-keras, and no C++ log noise by default."""
-    env = {"TF_USE_LEGACY_KERAS": "1"}
+    # Two malloc arenas: TensorFlow's threads otherwise each keep their own,
+    # and freed activations linger in them (peak memory per worker).
+    env = {"TF_USE_LEGACY_KERAS": "1", "MALLOC_ARENA_MAX": "2"}
     if not verbose:
         env.update(TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore", RAY_DATA_LOG_LEVEL="ERROR")
     return env
@@ -123,6 +125,9 @@ def init_ray(verbose: bool = False, cpus_needed: int = 1) -> None:
     if on_cluster():
         ray.init(**kwargs)  # Ray reads RAY_ADDRESS itself
     else:
+        # Ray starts workers at nice 15 by default: on a small machine any
+        # normal-priority process (dashboard, metrics) then halves training.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(num_cpus=max(os.cpu_count() or 1, cpus_needed + 2),
                  dashboard_host="127.0.0.1", **kwargs)
     import ray.data

@@ -75,7 +75,7 @@ def train_loop(loop_config: dict) -> None:
 
     # One stream for the whole run; each epoch takes its `steps` batches.
     stream = iter(shard.iter_batches(batch_size=per_worker, drop_last=True,
-                                     batch_format="numpy", prefetch_batches=4))
+                                     batch_format="numpy", prefetch_batches=2))
 
     def batches():
         for _ in range(steps):
