@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -32,3 +33,13 @@ def run_job(main: Callable[[], object]) -> None:
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def job_main(name: str, doc: str | None,
+             add_arguments: Callable[[argparse.ArgumentParser], None],
+             run: Callable[[argparse.Namespace], object], argv: list[str] | None) -> None:
+    """`python -m jobs.<name>`: parse its flags, run it under run_job."""
+    parser = argparse.ArgumentParser(prog=f"python -m jobs.{name}", description=doc)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    run_job(lambda: run(args))

@@ -62,7 +62,8 @@ def compile_model(model: tf.keras.Model, config: TrainConfig, total_steps: int =
 
 
 def split_xy(windows: np.ndarray, objective: str) -> tuple[np.ndarray, np.ndarray]:
-    """Windows of maxlen + 1 ids → inputs and targets for the objective."""
+    """Windows of maxlen + 1 ids → inputs and targets for the objective
+    (numpy arrays, or tensors inside the training input pipeline)."""
     x = windows[:, :-1]
     y = windows[:, 1:] if objective == "all" else windows[:, -1]
     return x, y

@@ -1,8 +1,9 @@
 """Data-parallel training: Ray Train runs `train_loop` on every worker, under
-MultiWorkerMirroredStrategy, each worker reading its own shard of the windows.
+MultiWorkerMirroredStrategy (when there are several), each worker reading its
+own shard of the windows.
 
-Flow: corpus → windows (Ray Dataset) → shards → Keras fit per epoch →
-checkpoint + metrics reported to Ray Train every epoch.
+Flow: corpus → windows (one Ray Data stream per run) → shards → Keras fit per
+epoch → checkpoint + metrics reported to Ray Train every epoch.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def train_loop(loop_config: dict) -> None:
     runtime.quiet_worker(config.verbose)
     import tensorflow as tf
 
-    from charlm.model import build_model, compile_model, held_out_scorer
+    from charlm.model import build_model, compile_model, held_out_scorer, split_xy
 
     threads = loop_config["threads"]
     tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -64,7 +65,7 @@ def train_loop(loop_config: dict) -> None:
             checkpoint.restore(d, model)
             start_epoch = checkpoint.read_meta(d)["epoch"] + 1
         if rank == 0:
-            print(f"resumed from epoch {start_epoch - 1} ({resumed.path})", flush=True)
+            _emit(f"resumed from epoch {start_epoch - 1} ({resumed.path})")
 
     val_windows = ray.get(loop_config["val_windows"]) if rank == 0 else None
     score = held_out_scorer(model)
@@ -81,14 +82,12 @@ def train_loop(loop_config: dict) -> None:
         for _ in range(steps):
             yield next(stream)["window"].astype(np.int32)
 
-    def to_xy(w):
-        return w[:, :-1], (w[:, 1:] if config.objective == "all" else w[:, -1])
-
     def epoch_data(_input_context):
         # Batches are per worker already: datasets from a function are not
         # rebatched by the strategy (a plain dataset would be split W ways).
         return (tf.data.Dataset.from_generator(batches, output_signature=spec)
-                .map(to_xy).prefetch(tf.data.AUTOTUNE))
+                .map(lambda w: split_xy(w, config.objective))
+                .prefetch(tf.data.AUTOTUNE))
 
     for epoch in range(start_epoch, config.epochs + 1):
         data = strategy.distribute_datasets_from_function(epoch_data)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from charlm.cli import run_job
+from charlm.cli import job_main
 from charlm.generation import CONTEXT_MODES, GenerateOptions, generate
 
 D = GenerateOptions  # the defaults live there, for callers that skip the flags
@@ -59,10 +59,7 @@ def run(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m jobs.generate", description=__doc__)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    run_job(lambda: run(args))
+    job_main("generate", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

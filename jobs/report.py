@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from charlm.cli import run_job
+from charlm.cli import job_main
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,10 +21,7 @@ def run(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m jobs.report", description=__doc__)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    run_job(lambda: run(args))
+    job_main("report", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

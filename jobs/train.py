@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from charlm.cli import run_job
+from charlm.cli import job_main
 from charlm.config import PRESETS, TrainConfig
 
 
@@ -59,10 +59,7 @@ def run(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m jobs.train", description=__doc__)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    run_job(lambda: run(args))
+    job_main("train", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":
