@@ -93,11 +93,16 @@ def test_a_killed_worker_is_replaced_and_training_resumes(ray_local, corpus_file
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(best=train(config)), daemon=True)
     thread.start()
-    # Once epoch 2 is on disk, epoch 1's report has passed Ray Train's barrier
-    # and is registered: a restart must resume from it, not from scratch.
-    second = os.path.join(tmp_path, "killed", "checkpoint_epoch_0002")
+    # Kill only once Ray Train's controller has registered epoch 1's checkpoint
+    # in its persisted state: a restart must then resume from it, not from
+    # scratch (a checkpoint directory alone can be on disk before that).
+    snapshot = os.path.join(tmp_path, "killed", "checkpoint_manager_snapshot.json")
     deadline = time.monotonic() + 240
-    while not os.path.exists(os.path.join(second, checkpoint.META)):
+
+    def registered() -> bool:
+        return os.path.exists(snapshot) and "checkpoint_epoch_0001" in open(snapshot).read()
+
+    while not registered():
         assert time.monotonic() < deadline and thread.is_alive(), "no first checkpoint"
         time.sleep(0.2)
     victims = _train_workers()
