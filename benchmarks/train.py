@@ -284,13 +284,16 @@ def run_seed(script: str, corpus: str, epochs: int, logdir: str) -> dict:
 
 
 def run_plain(corpus: str, epochs: int, max_steps: int | None, logdir: str) -> dict:
-    """charlm's model, trained by plain Keras in one process (no Ray): the
-    reference for what distribution costs."""
+    """charlm's model, trained by plain Keras in one process (no Ray), with
+    the environment a Ray worker gets (malloc settings): the reference for
+    what distribution costs."""
+    from charlm.runtime import worker_env
+
     cmd = [sys.executable, "-m", "benchmarks.train", "--plain-child", "--corpus", corpus,
            "--epochs", str(epochs)]
     if max_steps:
         cmd += ["--max-steps", str(max_steps)]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, **worker_env(verbose=False)}
     run = run_process("plain", cmd, env, logdir, "plain")
     rows = _json_lines(run)
     run["epochs"] = [{k: r[k] for k in ("epoch", "loss", "val_loss", "windows_per_s", "epoch_s")}
@@ -547,9 +550,11 @@ def run_big(mb: float, steps: int, val_frac: float | None, tmp: str) -> dict:
 # --- the plain trainer (child process) --------------------------------------
 
 def plain_child(corpus_path: str, epochs: int, max_steps: int | None) -> None:
-    """Runs in its own process: seed-preset model from charlm.model, all
-    windows in memory, Keras fit, TF threads set as charlm's single worker
-    sets them (intra-op = cores, inter-op = min(cores, 2)). One JSON line per epoch."""
+    """Runs in its own process: seed-preset model and train step from
+    charlm.model, all windows in memory, Keras fit on fixed-size batches (as
+    charlm's workers get them, so the step is sliced the same way), TF threads
+    set as charlm's single worker sets them (intra-op = cores, inter-op =
+    min(cores, 2)). One JSON line per epoch."""
     import charlm  # noqa: F401, I001  (first: selects tf-keras)
     import numpy as np
     import tensorflow as tf
@@ -570,12 +575,13 @@ def plain_child(corpus_path: str, epochs: int, max_steps: int | None) -> None:
     val = windows(val_ids, VAL_MAXLEN, VAL_STEP)
     steps = len(x) // config.batch_size  # full batches only, as charlm
     steps = min(steps, max_steps) if max_steps else steps
+    data = (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x))
+            .batch(config.batch_size, drop_remainder=True).repeat())
     model = build_model(config, len(corpus.vocab))
     compile_model(model, config)
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
-        hist = model.fit(x, y, batch_size=config.batch_size, steps_per_epoch=steps,
-                         epochs=1, shuffle=True, verbose=0)
+        hist = model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
         train_s = time.perf_counter() - t0
         print(json.dumps({
             "epoch": epoch, "loss": round(float(hist.history["loss"][0]), 4),

@@ -31,6 +31,10 @@ class TrainConfig:
     lr_schedule: str = "constant"  # or "cosine": decay to 1/20 over the run
     clipnorm: float | None = None
     batch_size: int = 1024  # global, split across workers
+    # CPU workers compute a larger per-worker batch in slices of at most this
+    # many windows (gradients summed: the same step, less memory); 0: whole
+    # batches. GPU workers always take whole batches.
+    micro_batch: int = 512
     epochs: int = 40
     max_steps: int | None = None  # cap on steps per epoch (smoke tests, benchmark slices)
     num_workers: int = 1
@@ -67,6 +71,9 @@ class TrainConfig:
                             ("--layers", self.layers)):
             if value < 1:
                 raise CharlmError(f"{flag} is {value}; it must be at least 1")
+        if self.micro_batch < 0:
+            raise CharlmError(f"--micro-batch is {self.micro_batch}; use 0 (whole batches) "
+                              "or a number of windows")
         if not 0.0 < self.val_frac < 1.0:
             raise CharlmError(f"--val-frac is {self.val_frac}; use a fraction between 0 and 1")
         if self.lr_schedule not in ("constant", "cosine"):

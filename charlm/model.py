@@ -32,8 +32,46 @@ class OneHot(tf.keras.layers.Layer):
         return {**super().get_config(), "depth": self.depth}
 
 
+class CharLM(tf.keras.Model):
+    """The functional model, with a train step that holds less in memory.
+
+    With `micro_batch` set, a batch larger than it is processed in equal
+    slices, one after another, and their gradients are summed (weighted by
+    slice size) into one optimizer update: the same step as the whole batch,
+    but only one slice's activations (the gates of 40 LSTM steps, kept for
+    backpropagation) are alive at a time. Two slices of 512 cost a CPU worker
+    no speed; smaller slices do (BENCHMARKS.md). A GPU takes whole batches.
+    """
+
+    micro_batch: int | None = None
+
+    def train_step(self, data):
+        x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
+        size = x.shape[0]  # static: the training input has a fixed batch per worker
+        if not self.micro_batch or size is None or size <= self.micro_batch \
+                or sample_weight is not None:
+            return super().train_step(data)
+        n = -(-size // self.micro_batch)
+        sizes = [size // n + (i < size % n) for i in range(n)]
+        grads = None
+        for xi, yi in zip(tf.split(x, sizes), tf.split(y, sizes), strict=True):
+            if grads is not None:
+                # The next slice starts once this one's gradients exist, so
+                # two slices' activations are never alive together.
+                with tf.control_dependencies(grads):
+                    xi = tf.identity(xi)
+            with tf.GradientTape() as tape:
+                probs = self(xi, training=True)
+                loss = self.compute_loss(xi, yi, probs)  # also feeds the loss mean
+            share = xi.shape[0] / size
+            sliced = [share * g for g in tape.gradient(loss, self.trainable_variables)]
+            grads = sliced if grads is None else [a + b for a, b in zip(grads, sliced, strict=True)]
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables, strict=True))
+        return self.get_metrics_result()
+
+
 def build_model(config: TrainConfig, vocab_size: int,
-                sequences: bool | None = None) -> tf.keras.Model:
+                sequences: bool | None = None) -> CharLM:
     """`sequences` (default: objective == "all") returns a prediction at every
     position; the weights are the same either way, so checkpoints move freely
     between the two objectives, scoring and generation."""
@@ -48,12 +86,13 @@ def build_model(config: TrainConfig, vocab_size: int,
         if config.dropout:
             x = tf.keras.layers.Dropout(config.dropout, name=f"dropout_{i}")(x)
     probs = tf.keras.layers.Dense(vocab_size, activation="softmax", name="next_char")(x)
-    return tf.keras.Model(ids, probs, name="charlm")
+    return CharLM(ids, probs, name="charlm")
 
 
-def compile_model(model: tf.keras.Model, config: TrainConfig, total_steps: int = 1) -> None:
+def compile_model(model: CharLM, config: TrainConfig, total_steps: int = 1) -> None:
     """RMSprop as the seed; `cosine` decays the rate to 1/20 over the run's
-    total_steps (the fast preset)."""
+    total_steps (the fast preset). Batches are sliced on CPU workers only."""
+    model.micro_batch = None if config.use_gpu else config.micro_batch
     rate = config.learning_rate
     if config.lr_schedule == "cosine":
         rate = tf.keras.optimizers.schedules.CosineDecay(rate, total_steps, alpha=0.05)
@@ -69,10 +108,11 @@ def split_xy(windows: np.ndarray, objective: str) -> tuple[np.ndarray, np.ndarra
     return x, y
 
 
-def held_out_scorer(model: tf.keras.Model, batch_size: int = 1024) -> Callable[[np.ndarray], float]:
+def held_out_scorer(model: tf.keras.Model, batch_size: int = 256) -> Callable[[np.ndarray], float]:
     """Mean cross-entropy (nats) of the character after each window, from a zero
     state: the seed's held-out score, for either objective's model. Build it
-    once per model: it holds a compiled graph."""
+    once per model: it holds a compiled graph. Batches of 256: at 1,024 the
+    scoring pass alone added 60 MB to a training worker's peak."""
 
     @tf.function(reduce_retracing=True)
     def nll_sum(x, y):
@@ -93,5 +133,5 @@ def held_out_scorer(model: tf.keras.Model, batch_size: int = 1024) -> Callable[[
     return score
 
 
-def mean_log_loss(model: tf.keras.Model, windows: np.ndarray, batch_size: int = 1024) -> float:
+def mean_log_loss(model: tf.keras.Model, windows: np.ndarray, batch_size: int = 256) -> float:
     return held_out_scorer(model, batch_size)(windows)

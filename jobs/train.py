@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="constant (seed) or cosine decay to 1/20 over the run")
     a("--clipnorm", type=float, help="clip each gradient to this norm")
     a("--batch-size", type=int, help="global batch, split across workers (seed: 1024)")
+    a("--micro-batch", type=int,
+      help="CPU: compute each worker's batch in slices of at most this many windows, "
+           "gradients summed (same step, less memory; default 512, 0: whole batches)")
     a("--epochs", type=int, help="epochs (seed: 40)")
     a("--max-steps", type=int, help="cap on steps per epoch (smoke tests, benchmark slices)")
     a("--num-workers", type=int, help="training workers: one per GPU on a cluster (default 1)")

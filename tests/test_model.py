@@ -1,10 +1,12 @@
 """The in-graph one-hot model is the seed's model; both objectives share weights."""
 
+import dataclasses
+
 import numpy as np
 import tensorflow as tf
 
 from charlm.config import TrainConfig
-from charlm.model import build_model, mean_log_loss
+from charlm.model import build_model, compile_model, mean_log_loss, split_xy
 
 
 def seed_model(vocab_size: int, maxlen: int) -> tf.keras.Model:
@@ -47,3 +49,25 @@ def test_mean_log_loss_is_the_cross_entropy_of_the_character_after_each_window()
     assert abs(mean_log_loss(model, w, batch_size=16) - expected) < 1e-5
     # An untrained model is close to uniform.
     assert abs(expected - np.log(vocab)) < 0.2
+
+
+def test_micro_batches_take_the_same_step_as_the_whole_batch():
+    """Slices of 4, 3 and 3 windows, gradients weighted by size: one RMSprop
+    step lands on the same weights, with the same loss, as the batch of 10."""
+    vocab = 12
+    for objective in ("last", "all"):
+        config = TrainConfig(objective=objective, units=16, micro_batch=0)
+        whole, sliced = build_model(config, vocab), build_model(config, vocab)
+        start = whole.get_weights()
+        sliced.set_weights(start)
+        compile_model(whole, config)
+        compile_model(sliced, dataclasses.replace(config, micro_batch=4))
+        w = np.random.default_rng(3).integers(0, vocab, size=(10, 9)).astype(np.int32)
+        # A fixed batch size, as the training input has: slices of 4, 3 and 3.
+        batch = tf.data.Dataset.from_tensor_slices(split_xy(w, objective)).batch(
+            10, drop_remainder=True)
+        losses = [m.fit(batch, epochs=1, verbose=0).history["loss"][0] for m in (whole, sliced)]
+        assert abs(losses[0] - losses[1]) < 1e-5, objective
+        for a, b, s0 in zip(whole.get_weights(), sliced.get_weights(), start, strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-5, err_msg=objective)
+            assert np.abs(b - s0).max() > 1e-3  # the step moved every weight

@@ -28,6 +28,7 @@ CASES = {
     "no workers": (["--corpus", "{d}/ok.txt", "--num-workers", "0"], "--num-workers"),
     "batch below workers": (["--corpus", "{d}/ok.txt", "--num-workers", "4", "--batch-size", "2"],
                             "--batch-size"),
+    "negative micro-batch": (["--corpus", "{d}/ok.txt", "--micro-batch", "-1"], "--micro-batch"),
     "unknown preset": (["--corpus", "{d}/ok.txt", "--preset", "turbo"], "--preset"),
     "unwritable storage": (["--corpus", "{d}/ok.txt", "--storage-path", "{d}/a_file/runs"],
                            "--storage-path"),
