@@ -575,13 +575,15 @@ def plain_child(corpus_path: str, epochs: int, max_steps: int | None) -> None:
     val = windows(val_ids, VAL_MAXLEN, VAL_STEP)
     steps = len(x) // config.batch_size  # full batches only, as charlm
     steps = min(steps, max_steps) if max_steps else steps
-    data = (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x))
-            .batch(config.batch_size, drop_remainder=True).repeat())
     model = build_model(config, len(corpus.vocab))
     compile_model(model, config)
+    rng = np.random.default_rng(0)
     for epoch in range(1, epochs + 1):
+        order = rng.permutation(len(x))[:steps * config.batch_size]  # fresh order per epoch
+        data = tf.data.Dataset.from_tensor_slices((x[order], y[order])).batch(
+            config.batch_size, drop_remainder=True)
         t0 = time.perf_counter()
-        hist = model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
+        hist = model.fit(data, epochs=1, verbose=0)
         train_s = time.perf_counter() - t0
         print(json.dumps({
             "epoch": epoch, "loss": round(float(hist.history["loss"][0]), 4),
