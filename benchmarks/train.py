@@ -552,21 +552,21 @@ def run_big(mb: float, steps: int, val_frac: float | None, tmp: str) -> dict:
 def plain_child(corpus_path: str, epochs: int, max_steps: int | None) -> None:
     """Runs in its own process: seed-preset model and train step from
     charlm.model, all windows in memory, Keras fit on fixed-size batches (as
-    charlm's workers get them, so the step is sliced the same way), TF threads
-    set as charlm's single worker sets them (intra-op = cores, inter-op =
-    min(cores, 2)). One JSON line per epoch."""
+    charlm's workers get them, so the step is sliced the same way, and with
+    the same tf.data options), TF threads set as charlm's single worker sets
+    them. One JSON line per epoch."""
     import charlm  # noqa: F401, I001  (first: selects tf-keras)
     import numpy as np
     import tensorflow as tf
 
     from charlm.config import VAL_MAXLEN, VAL_STEP, make_config
     from charlm.corpus import load_corpus
-    from charlm.model import build_model, compile_model, mean_log_loss, split_xy
+    from charlm.runtime import set_training_threads
+    from charlm.model import (build_model, compile_model, mean_log_loss, split_xy,
+                              without_autotune)
     from charlm.windows import split, windows
 
-    cores = os.cpu_count() or 1
-    tf.config.threading.set_intra_op_parallelism_threads(cores)
-    tf.config.threading.set_inter_op_parallelism_threads(min(cores, 2))
+    threads = set_training_threads(os.cpu_count() or 1)
     config = make_config("seed", corpus=corpus_path, epochs=epochs)
     corpus = load_corpus(corpus_path, min_chars=config.maxlen + 1)
     train_ids, val_ids = split(corpus.ids, config.val_frac, config.maxlen, VAL_MAXLEN)
@@ -580,8 +580,8 @@ def plain_child(corpus_path: str, epochs: int, max_steps: int | None) -> None:
     rng = np.random.default_rng(0)
     for epoch in range(1, epochs + 1):
         order = rng.permutation(len(x))[:steps * config.batch_size]  # fresh order per epoch
-        data = tf.data.Dataset.from_tensor_slices((x[order], y[order])).batch(
-            config.batch_size, drop_remainder=True)
+        data = without_autotune(tf.data.Dataset.from_tensor_slices((x[order], y[order]))
+                                .batch(config.batch_size, drop_remainder=True).prefetch(2))
         t0 = time.perf_counter()
         hist = model.fit(data, epochs=1, verbose=0)
         train_s = time.perf_counter() - t0
@@ -590,7 +590,7 @@ def plain_child(corpus_path: str, epochs: int, max_steps: int | None) -> None:
             "val_loss": round(mean_log_loss(model, val), 4),
             "windows": steps * config.batch_size, "epoch_s": round(train_s, 3),
             "windows_per_s": round(steps * config.batch_size / train_s, 1),
-            "threads": [cores, min(cores, 2)]}), flush=True)
+            "threads": list(threads)}), flush=True)
 
 
 # --- machine and main ---------------------------------------------------------

@@ -29,6 +29,21 @@ def worker_env(verbose: bool) -> dict[str, str]:
     return env
 
 
+def set_training_threads(cpus: int) -> tuple[int, int]:
+    """TensorFlow threads for training on `cpus` cores: two ops at a time (an
+    LSTM step's matmuls are largely independent: input and recurrent forward,
+    weight and state gradients backward), each split over half the cores. On
+    2 cores, 1 intra-op thread × 2 inter-op ran the seed preset 20% faster than
+    2 × 2 (BENCHMARKS.md). Returns (intra-op, inter-op)."""
+    import tensorflow as tf
+
+    inter = min(cpus, 2)
+    intra = max(1, cpus // inter)
+    tf.config.threading.set_intra_op_parallelism_threads(intra)
+    tf.config.threading.set_inter_op_parallelism_threads(inter)
+    return intra, inter
+
+
 @contextlib.contextmanager
 def _stderr_muted():
     saved = os.dup(2)

@@ -2,12 +2,13 @@
 MultiWorkerMirroredStrategy (when there are several), each worker reading its
 own shard of the windows.
 
-Flow: corpus → windows (one Ray Data stream per run) → shards → Keras fit per
-epoch → checkpoint + metrics reported to Ray Train every epoch.
+Flow: corpus → windows (one Ray Data stream per run) → shards → one Keras fit
+for the run → at each epoch's end, a checkpoint + metrics reported to Ray Train.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import tempfile
@@ -41,11 +42,9 @@ def train_loop(loop_config: dict) -> None:
     runtime.quiet_worker(config.verbose)
     import tensorflow as tf
 
-    from charlm.model import build_model, compile_model, held_out_scorer, split_xy
+    from charlm.model import build_model, compile_model, held_out_scorer, split_xy, without_autotune
 
-    threads = loop_config["threads"]
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+    runtime.set_training_threads(loop_config["threads"])
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     # One worker has nothing to all-reduce: skip the collective runtime (its
@@ -74,29 +73,32 @@ def train_loop(loop_config: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
     spec = tf.TensorSpec(shape=(per_worker, config.maxlen + 1), dtype=tf.int32)
 
-    # One stream for the whole run; each epoch takes its `steps` batches.
-    stream = iter(shard.iter_batches(batch_size=per_worker, drop_last=True,
-                                     batch_format="numpy", prefetch_batches=2))
-
     def batches():
-        for _ in range(steps):
-            yield next(stream)["window"].astype(np.int32)
+        # One stream for the whole run: each epoch takes its `steps` batches.
+        stream = shard.iter_batches(batch_size=per_worker, drop_last=True,
+                                    batch_format="numpy", prefetch_batches=2)
+        for batch in itertools.islice(stream, steps * (config.epochs - start_epoch + 1)):
+            yield batch["window"].astype(np.int32)
 
-    def epoch_data(_input_context):
+    def run_data(_input_context):
         # Batches are per worker already: datasets from a function are not
         # rebatched by the strategy (a plain dataset would be split W ways).
-        return (tf.data.Dataset.from_generator(batches, output_signature=spec)
-                .map(lambda w: split_xy(w, config.objective))
-                .prefetch(tf.data.AUTOTUNE))
+        return without_autotune(tf.data.Dataset.from_generator(batches, output_signature=spec)
+                                .map(lambda w: split_xy(w, config.objective))
+                                .prefetch(2))
 
-    for epoch in range(start_epoch, config.epochs + 1):
-        data = strategy.distribute_datasets_from_function(epoch_data)
-        t0 = time.perf_counter()
-        history = model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0)
-        train_s = time.perf_counter() - t0
+    started = 0.0
+
+    def epoch_begin(_index: int, _logs: dict) -> None:
+        nonlocal started
+        started = time.perf_counter()
+
+    def epoch_end(index: int, logs: dict) -> None:
+        epoch = index + 1
+        train_s = time.perf_counter() - started
         metrics = {
             "epoch": epoch,
-            "loss": float(history.history["loss"][0]),
+            "loss": float(logs["loss"]),
             "windows_per_s": steps * per_worker * config.num_workers / train_s,
             "epoch_s": train_s,
         }
@@ -120,6 +122,17 @@ def train_loop(loop_config: dict) -> None:
                                  checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}")
             else:
                 ray.train.report(metrics, checkpoint=None)
+
+    if start_epoch > config.epochs:
+        return
+    # One fit and one input iterator for the whole run: under
+    # MultiWorkerMirroredStrategy the per-device iterator autotunes whatever
+    # the options, and destroying one per epoch stalled each epoch (see
+    # model.without_autotune).
+    model.fit(strategy.distribute_datasets_from_function(run_data),
+              initial_epoch=start_epoch - 1, epochs=config.epochs, steps_per_epoch=steps,
+              verbose=0, callbacks=[tf.keras.callbacks.LambdaCallback(
+                  on_epoch_begin=epoch_begin, on_epoch_end=epoch_end)])
 
 
 def _emit(line: str) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from charlm.config import TrainConfig
-from charlm.model import build_model, compile_model, mean_log_loss, split_xy
+from charlm.model import build_model, compile_model, mean_log_loss, split_xy, without_autotune
 
 
 def seed_model(vocab_size: int, maxlen: int) -> tf.keras.Model:
@@ -71,3 +71,12 @@ def test_micro_batches_take_the_same_step_as_the_whole_batch():
         for a, b, s0 in zip(whole.get_weights(), sliced.get_weights(), start, strict=True):
             np.testing.assert_allclose(a, b, atol=1e-5, err_msg=objective)
             assert np.abs(b - s0).max() > 1e-3  # the step moved every weight
+
+
+def test_training_input_runs_without_autotuning_and_keeps_its_elements():
+    data = tf.data.Dataset.range(10).batch(4).prefetch(2)
+    assert data.options().autotune.enabled is not False  # TensorFlow's default: on
+    fixed = without_autotune(data)
+    assert fixed.options().autotune.enabled is False
+    assert [b.tolist() for b in fixed.as_numpy_iterator()] == \
+        [b.tolist() for b in data.as_numpy_iterator()]
