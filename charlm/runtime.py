@@ -32,13 +32,14 @@ def worker_env(verbose: bool) -> dict[str, str]:
 def set_training_threads(cpus: int) -> tuple[int, int]:
     """TensorFlow threads for training on `cpus` cores: two ops at a time (an
     LSTM step's matmuls are largely independent: input and recurrent forward,
-    weight and state gradients backward), each split over half the cores. On
-    2 cores, 1 intra-op thread × 2 inter-op ran the seed preset 20% faster than
-    2 × 2 (BENCHMARKS.md). Returns (intra-op, inter-op)."""
+    weight and state gradients backward; and a worker waiting on an all-reduce
+    can compute meanwhile), each split over half the cores. On 2 cores, one
+    worker ran the seed preset 20% faster with 1 intra-op thread × 2 inter-op
+    than with 2 × 2, and two 1-CPU workers 3% faster with 2 inter-op threads
+    than with 1 (BENCHMARKS.md). Returns (intra-op, inter-op)."""
     import tensorflow as tf
 
-    inter = min(cpus, 2)
-    intra = max(1, cpus // inter)
+    intra, inter = max(1, cpus // 2), 2
     tf.config.threading.set_intra_op_parallelism_threads(intra)
     tf.config.threading.set_inter_op_parallelism_threads(inter)
     return intra, inter
