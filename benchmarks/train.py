@@ -561,9 +561,9 @@ def plain_child(corpus_path: str, epochs: int, max_steps: int | None) -> None:
 
     from charlm.config import VAL_MAXLEN, VAL_STEP, make_config
     from charlm.corpus import load_corpus
-    from charlm.runtime import set_training_threads
     from charlm.model import (build_model, compile_model, mean_log_loss, split_xy,
                               without_autotune)
+    from charlm.runtime import set_training_threads
     from charlm.windows import split, windows
 
     threads = set_training_threads(os.cpu_count() or 1)

@@ -118,10 +118,10 @@ def split_xy(windows: np.ndarray, objective: str) -> tuple[np.ndarray, np.ndarra
 
 def without_autotune(data: tf.data.Dataset) -> tf.data.Dataset:
     """A training input with tf.data's autotuning off. Its optimisation thread
-    sleeps between rounds for up to seconds, and an iterator's destructor
-    waits for it to wake: Keras drops one iterator per epoch, so epochs
-    stalled for about 4 s with every thread asleep (60 steps: 6,000 instead
-    of 10,400 windows/s; BENCHMARKS.md). Buffers are fixed instead."""
+    sleeps between rounds, twice as long each time, and an iterator's
+    destructor waits for it to wake: an epoch that ends its iterator stalled,
+    every thread asleep, by up to its own length (60 steps: 6,000 instead of
+    10,400 windows/s; BENCHMARKS.md). Buffers are fixed instead."""
     options = tf.data.Options()
     options.autotune.enabled = False
     return data.with_options(options)
