@@ -181,4 +181,4 @@ def require_gpus(count: int, wait_s: float = 900.0) -> None:
     if have < count:
         where = "this Ray cluster" if on_cluster() else "this machine"
         raise CharlmError(f"--use-gpu needs {count} GPU(s) but {where} has {have}; "
-                          "drop --use-gpu or run on GPU nodes (see README, On a cluster)")
+                          "drop --use-gpu or run on GPU nodes (see docs/cluster.md)")
