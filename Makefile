@@ -27,7 +27,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.train
+	$(BIN)/python -m benchmarks.throughput
+	$(BIN)/python -m benchmarks.quality
+	$(BIN)/python -m benchmarks.bigcorpus
 	$(BIN)/python -m benchmarks.generate
 
 clean:

@@ -1,2 +1,3 @@
-"""Benchmarks: training (benchmarks.train) and generation (benchmarks.generate),
-run from the repository root with `.venv/bin/python -m benchmarks.<name>`."""
+"""Benchmarks, side by side with the seed recipe, run from the repository root
+with `.venv/bin/python -m benchmarks.<name>`: throughput, quality, bigcorpus
+(training) and generate (generation); BENCHMARKS.md gives the commands."""

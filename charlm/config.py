@@ -86,7 +86,7 @@ class TrainConfig:
 # The fast recipe predicts every position of non-overlapping 64-character
 # sequences (64 targets per sequence instead of the seed's 1 per window), with
 # small batches, clipping, output dropout and a cosine decay: the route found
-# (benchmarks/train.py, BENCHMARKS.md) to a held-out loss of 1.35 at the
+# (benchmarks/quality.py, BENCHMARKS.md) to a held-out loss of 1.35 at the
 # seed's model size, LSTM(128), in less time than the seed's 20 epochs.
 _FAST = {"objective": "all", "maxlen": 64, "step": 64, "batch_size": 64,
          "learning_rate": 0.02, "clipnorm": 1.0, "dropout": 0.3, "lr_schedule": "cosine"}
