@@ -9,22 +9,19 @@ depends on how rows are batched or how many actors run.
 from __future__ import annotations
 
 import hashlib
-import posixpath
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 
 from charlm import checkpoint, runtime, storage
 from charlm.config import TrainConfig
 from charlm.errors import CharlmError, first_line
+from charlm.staging import staged_output
 
 CONTEXT_MODES = ("window", "stateful")
 
@@ -269,68 +266,6 @@ class Generate:
         for name, value in self.constants.items():
             columns[name] = [value] * n
         return pa.table({f.name: columns[f.name] for f in SCHEMA}, schema=SCHEMA)
-
-
-# -- output -------------------------------------------------------------------
-
-@contextmanager
-def staged_output(output: str, overwrite: bool) -> Iterator[tuple[pafs.FileSystem, str]]:
-    """A temporary location beside `output` (filesystem, path), moved into place
-    only if the block succeeds; on any failure it is deleted and `output` is
-    left as it was. Local: a rename. s3/gs have no rename: copy, then delete."""
-    fs, path = storage.resolve(output)
-    path = path.rstrip("/")
-    if fs.get_file_info(path).type != pafs.FileType.NotFound and not overwrite:
-        raise CharlmError(f"--output {output} already exists; pass --overwrite to replace it "
-                          "or choose another path")
-    parent, name = posixpath.split(path)
-    tmp = posixpath.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:12]}")
-    try:
-        fs.create_dir(tmp, recursive=True)
-        with fs.open_output_stream(f"{tmp}/.probe") as f:
-            f.write(b"ok")
-        fs.delete_file(f"{tmp}/.probe")
-    except Exception as e:  # pyarrow raises several types for permissions and bad URIs
-        _delete(fs, tmp)
-        raise CharlmError(f"--output {output} cannot be written ({first_line(e)}); "
-                          "choose a directory or bucket you can write to") from e
-    try:
-        yield fs, tmp
-        if isinstance(fs, pafs.LocalFileSystem):
-            _rename_into_place(fs, tmp, path)
-        else:
-            _delete(fs, path)
-            try:
-                fs.create_dir(path)
-                pafs.copy_files(tmp, path, source_filesystem=fs, destination_filesystem=fs)
-            except BaseException:
-                _delete(fs, path)
-                raise
-    finally:
-        _delete(fs, tmp)
-
-
-def _rename_into_place(fs: pafs.FileSystem, tmp: str, path: str) -> None:
-    """An existing output is renamed aside first, and back if the rename fails."""
-    aside = f"{tmp}.old"
-    replacing = fs.get_file_info(path).type != pafs.FileType.NotFound
-    if replacing:
-        fs.move(path, aside)
-    try:
-        fs.move(tmp, path)
-    except BaseException:
-        if replacing:
-            fs.move(aside, path)
-        raise
-    _delete(fs, aside)
-
-
-def _delete(fs: pafs.FileSystem, path: str) -> None:
-    kind = fs.get_file_info(path).type
-    if kind == pafs.FileType.Directory:
-        fs.delete_dir(path)
-    elif kind == pafs.FileType.File:
-        fs.delete_file(path)
 
 
 # -- the job ------------------------------------------------------------------
