@@ -266,7 +266,9 @@ def check_gpu(use_gpu: bool, what: str, announce: bool = False) -> list[str]:
     if use_gpu and not gpus:
         import ray
 
-        node = f"{ray.util.get_node_ip_address()} ({ray.get_runtime_context().get_node_id()[:12]})"
+        node_id = ray.get_runtime_context().get_node_id()
+        ip = next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node_id), "?")
+        node = f"{ip} ({node_id[:12]})"
         ray_gpus = ",".join(map(str, ray.get_gpu_ids())) or "none"
         if not tf.test.is_built_with_cuda():
             cause = "this TensorFlow is built without CUDA; install charlm's gpu extra"

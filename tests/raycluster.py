@@ -50,7 +50,7 @@ class Node:
 
 @dataclass
 class Cluster:
-    temp_dir: str
+    temp_dir: str  # <RAY_TMPDIR>/ray, where `ray start` records the head's address
     address: str  # the dashboard's, for `ray job` and `ray list`
     gcs: str  # host:port, for `ray start --address`
     env: dict[str, str]
@@ -132,8 +132,12 @@ def ray_cluster(head_cpus: int, workers: list[tuple[int, int]] = (),
                 env: dict[str, str] | None = None) -> Iterator[Cluster]:
     """A head with `head_cpus` CPUs and one worker node per (cpus, gpus); `env`
     reaches every node's processes (as an instance profile reaches a real node's)."""
-    temp_dir = tempfile.mkdtemp(prefix="charlm-ray-", dir="/tmp")  # short: socket paths
-    token_path = os.path.join(temp_dir, "auth_token")
+    root = tempfile.mkdtemp(prefix="charlm-ray-", dir="/tmp")  # short: socket paths
+    # Named as Ray names its default temp dir under RAY_TMPDIR: a process given
+    # RAY_TMPDIR=<root> finds this cluster as one on a cluster's own head does.
+    temp_dir = os.path.join(root, "ray")
+    os.mkdir(temp_dir)
+    token_path = os.path.join(root, "auth_token")
     with open(token_path, "w") as f:
         f.write(secrets.token_hex(32))
     full_env = {k: v for k, v in os.environ.items()
@@ -161,8 +165,8 @@ def ray_cluster(head_cpus: int, workers: list[tuple[int, int]] = (),
             time.sleep(2)
         yield cluster
     finally:
-        kill(processes_under(temp_dir))
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        kill(processes_under(root))
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def submit(cluster: Cluster, submission_id: str, *pipeline_args: str, module: str = "pipeline",

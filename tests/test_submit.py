@@ -9,11 +9,23 @@ token, stopped by killing exactly its processes.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pandas as pd
 import pytest
-from raycluster import TINY, Cluster, error_lines, printed, ray_cluster, submit
+from raycluster import (
+    JOB_TIMEOUT_S,
+    ROOT,
+    TINY,
+    Cluster,
+    error_lines,
+    printed,
+    ray_cluster,
+    state,
+    submit,
+)
 
 from jobs.pipeline import route
 
@@ -66,6 +78,24 @@ def test_bad_argument_fails_with_one_line_error(head: Cluster, corpus: str, tmp_
     errors = error_lines(log)
     assert len(errors) == 1 and "--num-workers" in errors[0], log[-5000:]
     assert "Traceback" not in log
+
+
+def test_a_job_run_on_the_head_joins_its_cluster(head: Cluster, corpus: str, tmp_path) -> None:
+    """After `ray attach`, a job runs on the head without RAY_ADDRESS: it joins
+    the cluster that `ray start` recorded there instead of starting its own."""
+    env = {k: v for k, v in head.env.items() if k != "RAY_ADDRESS"}
+    env["RAY_TMPDIR"] = os.path.dirname(head.temp_dir)  # where this head recorded its address
+    storage = tmp_path / "runs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.train", "--corpus", corpus, "--storage-path", str(storage),
+         "--name", "on-head", *[f.replace("--train.", "--") for f in TINY[:TINY.index(
+             "--generate.num-seeds")]]],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert os.path.isfile(storage / "on-head" / "history.parquet")
+    drivers = [j for j in state(head, "jobs") if j["type"] == "DRIVER"
+               and "jobs.train" in (j.get("entrypoint") or "")]
+    assert drivers, "the job ran on an embedded Ray, not on the cluster"
 
 
 def test_route_sends_prefixed_flags_to_their_job() -> None:
