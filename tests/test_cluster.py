@@ -200,3 +200,15 @@ def test_use_gpu_fails_fast_where_tensorflow_sees_no_gpu(cluster: Cluster, corpu
     assert "TensorFlow sees no GPU" in errors[0], errors
     assert not s3_exists(output)
 
+
+
+def test_workers_that_cannot_be_placed_fail_at_the_deadline(cluster: Cluster,
+                                                             corpus: str) -> None:
+    """No node has 64 CPUs and no autoscaler can add one: Ray Train alone would
+    retry forever; charlm's deadline ends the job in one line."""
+    status, log = submit(cluster, "train-unplaceable", "--corpus", corpus, "--storage-path",
+                         RUNS, "--name", "unplaceable", *TRAIN_TINY, "--cpus-per-worker", "64",
+                         "--placement-timeout", "5", module="train")
+    errors = error_lines(log)
+    assert status == "failed" and len(errors) == 1, log[-5000:]
+    assert "training workers could not be placed on the cluster within 5 s" in errors[0], errors
