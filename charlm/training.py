@@ -214,7 +214,7 @@ def train(config: TrainConfig) -> str:
         runtime.require_gpus(config.num_workers)
     # Ray Train retries starting its workers forever, 60 s a try: one try of
     # charlm's deadline instead (Train passes the variable to its controller).
-    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(config.placement_timeout))
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(config.placement_timeout)
     print(f"corpus {corpus.name}: {len(corpus.text):,} characters, vocabulary {len(corpus.vocab)}, "
           f"{n_windows:,} training windows; {config.num_workers} worker(s) × {steps} steps "
           f"per epoch; run {run_dir}", flush=True)
