@@ -114,12 +114,15 @@ def _node_ports(ports: list[int]) -> list[str]:
             "--min-worker-port=0", "--max-worker-port=0"]  # workers: any free port
 
 
-def _start(cmd: list[str], env: dict[str, str]) -> None:
-    proc = subprocess.run([RAY, "start", *cmd, "--node-ip-address=127.0.0.1",
-                           "--object-store-memory=200000000", "--disable-usage-stats"],
-                          env=env, capture_output=True, text=True, timeout=180,
-                          start_new_session=True)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+def _start(commands: list[list[str]], env: dict[str, str]) -> None:
+    """`ray start` with each command's flags, all at once; each must succeed."""
+    procs = [subprocess.Popen([RAY, "start", *cmd, "--node-ip-address=127.0.0.1",
+                               "--object-store-memory=200000000", "--disable-usage-stats"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True) for cmd in commands]
+    for proc in procs:
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, out[-2000:] + err[-3000:]
 
 
 def ray_cli(cluster: Cluster, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -149,16 +152,16 @@ def ray_cluster(head_cpus: int, workers: list[tuple[int, int]] = (),
     gcs, dashboard, client, *node_ports = free_ports(9)
     cluster = Cluster(temp_dir, f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{gcs}", full_env)
     try:
-        _start(["--head", "--dashboard-host=127.0.0.1", f"--port={gcs}",
-                f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}",
-                *_node_ports(node_ports), f"--num-cpus={head_cpus}", "--num-gpus=0",
-                f"--temp-dir={temp_dir}"], full_env)
-        for i, (cpus, gpus) in enumerate(workers):
-            node = Node(os.path.join(temp_dir, f"worker{i}"), cpus, gpus)
-            _start([f"--address={cluster.gcs}", *_node_ports(free_ports(6)),
-                    f"--num-cpus={cpus}", f"--num-gpus={gpus}", f"--temp-dir={node.temp_dir}"],
-                   full_env)
-            cluster.workers.append(node)
+        _start([["--head", "--dashboard-host=127.0.0.1", f"--port={gcs}",
+                 f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}",
+                 *_node_ports(node_ports), f"--num-cpus={head_cpus}", "--num-gpus=0",
+                 f"--temp-dir={temp_dir}"]], full_env)
+        cluster.workers = [Node(os.path.join(temp_dir, f"worker{i}"), cpus, gpus)
+                           for i, (cpus, gpus) in enumerate(workers)]
+        ports = free_ports(6 * len(workers))
+        _start([[f"--address={cluster.gcs}", *_node_ports(ports[6 * i:6 * i + 6]),
+                 f"--num-cpus={n.cpus}", f"--num-gpus={n.gpus}", f"--temp-dir={n.temp_dir}"]
+                for i, n in enumerate(cluster.workers)], full_env)
         deadline = time.monotonic() + 90
         while ray_cli(cluster, "job", "list", "--address", cluster.address).returncode != 0:
             assert time.monotonic() < deadline, "the head's job API never came up"

@@ -37,7 +37,8 @@ CPU_NODES = 3
 # re-place one after a node is lost (Ray Data's tasks run beside them).
 SPREAD = ["--train.num-workers", "2", "--train.placement-strategy", "STRICT_SPREAD"]
 # TINY's training, as jobs.train's own flags; TWO_NODES is SPREAD for jobs.train.
-TRAIN_TINY = [f.replace("--train.", "--") for f in TINY[:TINY.index("--generate.num-seeds")]]
+TRAIN_TINY = ["--preset", "quick",  # the pipeline's default: a resume must match the recipe
+              *[f.replace("--train.", "--") for f in TINY[:TINY.index("--generate.num-seeds")]]]
 TWO_NODES = [f.replace("--train.", "--") for f in SPREAD]
 
 
