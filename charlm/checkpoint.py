@@ -33,10 +33,16 @@ def save(directory: str, model, meta: dict) -> None:
 
 
 def restore(directory: str, model, with_optimizer: bool = True) -> None:
+    """Everything is read before this returns. The optimizer's slots are built
+    first: TensorFlow otherwise restores them lazily, at the first training
+    step, from files that may be gone by then (Ray Train's local copy of a
+    checkpoint on object storage is deleted when its as_directory() closes)."""
     import tensorflow as tf
 
     objects = {"model": model}
     if with_optimizer:
+        with model.distribute_strategy.scope():
+            model.optimizer.build(model.trainable_variables)
         objects["optimizer"] = model.optimizer
     status = tf.train.Checkpoint(**objects).read(os.path.join(directory, STATE))
     status.expect_partial()

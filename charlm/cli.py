@@ -12,12 +12,18 @@ from charlm.errors import CharlmError
 def _charlm_cause(e: BaseException) -> CharlmError | None:
     """Ray wraps errors raised inside workers; find ours in the chain."""
     seen = set()
-    while e is not None and id(e) not in seen:
+    todo = [e]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
         if isinstance(e, CharlmError):
             return e
         seen.add(id(e))
-        # Ray's ActorDiedError keeps an actor constructor's error as `.cause`.
-        e = e.__cause__ or getattr(e, "cause", None) or e.__context__
+        # Ray's ActorDiedError keeps an actor constructor's error as `.cause`;
+        # Ray Train's WorkerGroupError each worker's error by rank.
+        todo += [e.__cause__, getattr(e, "cause", None), e.__context__,
+                 *getattr(e, "worker_failures", {}).values()]
     return None
 
 

@@ -13,6 +13,7 @@ from charlm.errors import CharlmError
 # characters, from a zero state. Runs with different recipes then compare.
 VAL_MAXLEN = 40
 VAL_STEP = 3
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK")
 
 
 @dataclass
@@ -40,6 +41,11 @@ class TrainConfig:
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: int | None = None  # None: the node's cores shared out locally
+    # Ray's placement strategy for the workers: PACK (fewest nodes), SPREAD,
+    # STRICT_SPREAD (one node each) or STRICT_PACK.
+    placement_strategy: str = "PACK"
+    placement_timeout: float = 1200.0  # s to wait for workers to be placed (GPU cold start)
+    shared_filesystem: bool = False  # a local storage_path that every node mounts
     storage_path: str = "~/charlm/runs"
     name: str | None = None
     max_failures: int = 0
@@ -79,6 +85,12 @@ class TrainConfig:
         if self.lr_schedule not in ("constant", "cosine"):
             raise CharlmError(f"--lr-schedule {self.lr_schedule!r} is unknown; "
                               "use 'constant' or 'cosine'")
+        if self.placement_strategy not in PLACEMENT_STRATEGIES:
+            raise CharlmError(f"--placement-strategy {self.placement_strategy!r} is unknown; "
+                              f"use one of {', '.join(PLACEMENT_STRATEGIES)}")
+        if self.placement_timeout <= 0:
+            raise CharlmError(f"--placement-timeout is {self.placement_timeout}; "
+                              "give the seconds to wait for workers, more than 0")
         if not 0.0 <= self.dropout < 1.0:
             raise CharlmError(f"--dropout is {self.dropout}; use a value in [0, 1)")
 

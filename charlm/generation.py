@@ -9,23 +9,19 @@ depends on how rows are batched or how many actors run.
 from __future__ import annotations
 
 import hashlib
-import os
-import posixpath
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 
 from charlm import checkpoint, runtime, storage
 from charlm.config import TrainConfig
 from charlm.errors import CharlmError, first_line
+from charlm.staging import staged_output
 
 CONTEXT_MODES = ("window", "stateful")
 
@@ -69,6 +65,8 @@ class GenerateOptions:
     batch_size: int = 256
     cpus_per_actor: int | None = None
     use_gpu: bool = False
+    placement_timeout: float = 1200.0  # s to wait for the actors (a GPU cold start)
+    shared_filesystem: bool = False  # local paths are a mount every node shares
     overwrite: bool = False
     verbose: bool = False
 
@@ -230,9 +228,10 @@ class Generate:
     each batch of requests in one compiled call."""
 
     def __init__(self, uri: str, context_mode: str, top_k: int, length: int, threads: int,
-                 constants: dict):
+                 constants: dict, use_gpu: bool = False):
         import tensorflow as tf
 
+        runtime.check_gpu(use_gpu, "generation actor")
         try:  # before TensorFlow's runtime starts; Ray's OMP_NUM_THREADS=1 would cap it
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(threads)
@@ -269,68 +268,6 @@ class Generate:
         return pa.table({f.name: columns[f.name] for f in SCHEMA}, schema=SCHEMA)
 
 
-# -- output -------------------------------------------------------------------
-
-@contextmanager
-def staged_output(output: str, overwrite: bool) -> Iterator[tuple[pafs.FileSystem, str]]:
-    """A temporary location beside `output` (filesystem, path), moved into place
-    only if the block succeeds; on any failure it is deleted and `output` is
-    left as it was. Local: a rename. s3/gs have no rename: copy, then delete."""
-    fs, path = storage.resolve(output)
-    path = path.rstrip("/")
-    if fs.get_file_info(path).type != pafs.FileType.NotFound and not overwrite:
-        raise CharlmError(f"--output {output} already exists; pass --overwrite to replace it "
-                          "or choose another path")
-    parent, name = posixpath.split(path)
-    tmp = posixpath.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:12]}")
-    try:
-        fs.create_dir(tmp, recursive=True)
-        with fs.open_output_stream(f"{tmp}/.probe") as f:
-            f.write(b"ok")
-        fs.delete_file(f"{tmp}/.probe")
-    except Exception as e:  # pyarrow raises several types for permissions and bad URIs
-        _delete(fs, tmp)
-        raise CharlmError(f"--output {output} cannot be written ({first_line(e)}); "
-                          "choose a directory or bucket you can write to") from e
-    try:
-        yield fs, tmp
-        if isinstance(fs, pafs.LocalFileSystem):
-            _rename_into_place(fs, tmp, path)
-        else:
-            _delete(fs, path)
-            try:
-                fs.create_dir(path)
-                pafs.copy_files(tmp, path, source_filesystem=fs, destination_filesystem=fs)
-            except BaseException:
-                _delete(fs, path)
-                raise
-    finally:
-        _delete(fs, tmp)
-
-
-def _rename_into_place(fs: pafs.FileSystem, tmp: str, path: str) -> None:
-    """An existing output is renamed aside first, and back if the rename fails."""
-    aside = f"{tmp}.old"
-    replacing = fs.get_file_info(path).type != pafs.FileType.NotFound
-    if replacing:
-        fs.move(path, aside)
-    try:
-        fs.move(tmp, path)
-    except BaseException:
-        if replacing:
-            fs.move(aside, path)
-        raise
-    _delete(fs, aside)
-
-
-def _delete(fs: pafs.FileSystem, path: str) -> None:
-    kind = fs.get_file_info(path).type
-    if kind == pafs.FileType.Directory:
-        fs.delete_dir(path)
-    elif kind == pafs.FileType.File:
-        fs.delete_file(path)
-
-
 # -- the job ------------------------------------------------------------------
 
 def generate(o: GenerateOptions) -> str:
@@ -344,8 +281,12 @@ def generate(o: GenerateOptions) -> str:
     meta = load_checkpoint(uri)[1]  # fail here, fast, rather than in every actor
     rows = requests(collect_seeds(o, meta), temperatures, o.samples_per_seed, o.rng_seed)
     output = storage.normalize(o.output)
-    cpus = o.cpus_per_actor or (
-        1 if runtime.on_cluster() else max(1, (os.cpu_count() or 1) // o.concurrency))
+    cpus = o.cpus_per_actor or runtime.default_cpus(o.concurrency)
+    runtime.init_ray(o.verbose, cpus_needed=cpus * o.concurrency)
+    for flag, path in (("--checkpoint", uri), ("--output", output)):
+        runtime.require_shared(path, flag, o.shared_filesystem)
+    if o.use_gpu:
+        runtime.require_gpus(o.concurrency)
     created = datetime.now(timezone.utc)
     constants = {"run_id": f"gen-{created:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}",
                  "created_at": created, "checkpoint": uri,
@@ -353,9 +294,6 @@ def generate(o: GenerateOptions) -> str:
                  "corpus": (meta.get("corpus") or {}).get("name") or ""}
 
     with staged_output(output, o.overwrite) as (fs, tmp):
-        runtime.init_ray(o.verbose, cpus_needed=cpus * o.concurrency)
-        if o.use_gpu:
-            runtime.require_gpus(o.concurrency)
         print(f"generating {len(rows):,} samples × {o.length} characters "
               f"({o.context_mode} context) from {uri}", flush=True)
         requested = ray.data.from_items(rows, override_num_blocks=-(-len(rows) // o.batch_size))
@@ -365,14 +303,22 @@ def generate(o: GenerateOptions) -> str:
         ctx.enable_progress_bars = ctx.enable_rich_progress_bars = True
         ctx.use_ray_tqdm = False
         ctx.execution_options.preserve_order = True  # files in request order
-        (requested
-         .map_batches(Generate, batch_format="pyarrow", batch_size=o.batch_size,
-                      concurrency=o.concurrency, num_cpus=cpus,
-                      num_gpus=1 if o.use_gpu else None,
-                      fn_constructor_kwargs={"uri": uri, "context_mode": o.context_mode,
-                                             "top_k": o.top_k, "length": o.length,
-                                             "threads": cpus, "constants": constants},
-                      runtime_env=runtime.runtime_env(o.verbose))
-         .write_parquet(tmp, filesystem=fs))
+        # Every actor started (and its GPU checked) before the first batch, within the deadline.
+        ctx.wait_for_min_actors_s = o.placement_timeout
+        try:
+            (requested
+             .map_batches(Generate, batch_format="pyarrow", batch_size=o.batch_size,
+                          concurrency=o.concurrency, num_cpus=cpus,
+                          num_gpus=1 if o.use_gpu else None,
+                          fn_constructor_kwargs={"uri": uri, "context_mode": o.context_mode,
+                                                 "top_k": o.top_k, "length": o.length,
+                                                 "threads": cpus, "constants": constants,
+                                                 "use_gpu": o.use_gpu},
+                          runtime_env=runtime.runtime_env(o.verbose))
+             .write_parquet(tmp, filesystem=fs))
+        except Exception as e:
+            runtime.explain_placement_timeout(e, "generation actors", o.placement_timeout,
+                                              o.use_gpu)
+            raise
     print(f"wrote {len(rows):,} samples to {output}", flush=True)
     return output

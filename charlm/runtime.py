@@ -10,7 +10,6 @@ import logging
 import os
 import sys
 import tempfile
-import time
 import warnings
 
 from charlm.errors import CharlmError
@@ -126,9 +125,27 @@ def quiet_worker(verbose: bool) -> str | None:
     return path
 
 
+# How long charlm waits for its training workers or generation actors to be
+# placed: a cold start of GPU nodes (instance boot, the multi-GB GPU image's
+# pull, installing TensorFlow with CUDA) takes 10-15 minutes.
+PLACEMENT_TIMEOUT_S = 1200.0
+PLACEMENT_CAUSES = (
+    "usual causes on AWS: the vCPU quota for G instances (Service Quotas, 'Running On-Demand "
+    "G and VT instances'), the head's IAM role (iam:PassRole for the workers' profile, "
+    "ssm:GetParameters for the AMI), or the worker image failing to pull; the autoscaler's "
+    "log says which (`ray exec cluster.yaml 'tail -n 100 /tmp/ray/session_latest/logs/"
+    "monitor.log'`)")
+
+
 def on_cluster() -> bool:
-    """True under `ray job submit` or with RAY_ADDRESS set: join, don't start."""
-    return bool(os.environ.get("RAY_ADDRESS"))
+    """True when a running cluster is there to join: under `ray job submit` or
+    with RAY_ADDRESS set, and on a cluster's own nodes (after `ray attach` or
+    `ray exec`), where `ray start` recorded the address that ray.init() finds."""
+    if os.environ.get("RAY_ADDRESS"):
+        return True
+    from ray._private.utils import read_ray_address
+
+    return bool(read_ray_address())
 
 
 def init_ray(verbose: bool = False, cpus_needed: int = 1) -> None:
@@ -142,7 +159,7 @@ def init_ray(verbose: bool = False, cpus_needed: int = 1) -> None:
     kwargs = dict(logging_level=logging.INFO if verbose else logging.ERROR,
                   runtime_env=runtime_env(verbose))
     if on_cluster():
-        ray.init(**kwargs)  # Ray reads RAY_ADDRESS itself
+        ray.init(**kwargs)  # Ray finds the address itself; a cluster has its own CPUs
     else:
         # Ray starts workers at nice 15 by default: on a small machine any
         # normal-priority process (dashboard, metrics) then halves training.
@@ -156,29 +173,113 @@ def init_ray(verbose: bool = False, cpus_needed: int = 1) -> None:
     ctx.print_on_execution_start = verbose
 
 
-def require_gpus(count: int, wait_s: float = 900.0) -> None:
-    """Fail clearly instead of hanging on GPU workers that can never be placed.
+def default_cpus(per: int) -> int:
+    """CPUs for each of `per` training workers or generation actors: 1 on a
+    cluster (its GPU nodes may have 4 vCPUs, and Ray Data runs beside), this
+    machine's cores shared out locally."""
+    return 1 if on_cluster() else max(1, (os.cpu_count() or 1) // per)
 
-    An embedded Ray has the GPUs it has. A cluster may still have to start GPU
-    nodes: ask the autoscaler for them and wait, then withdraw the request
-    (it would otherwise keep the nodes up after the job)."""
+
+def can_add_nodes() -> bool:
+    """Whether an autoscaler may add nodes to the joined cluster. KubeRay's and
+    autoscaler v2 publish their node groups to the GCS (Ray Data reads them
+    the same way); `ray up`'s autoscaler publishes its status, whose node types
+    are the cluster config's, where a hand-started head's monitor names each
+    node `node_<id>` (ray.autoscaler._private.util.format_readonly_node_type)."""
+    import json
+
+    import ray._private.state
+    from ray._private import ray_constants
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    config = ray._private.state.state.get_cluster_config()
+    if config and any(g.max_count == -1 or g.max_count > g.min_count
+                      for g in config.node_group_configs if g.resources and g.max_count != 0):
+        return True
+    status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+    report = json.loads(status).get("autoscaler_report") if status else None
+    types = set((report or {}).get("active_nodes") or {})
+    types |= set((report or {}).get("pending_launches") or {})
+    return any(not t.startswith("node_") for t in types)
+
+
+def require_shared(path: str, flag: str, shared_filesystem: bool) -> None:
+    """A local path is one node's disk: on a cluster of several nodes, or one an
+    autoscaler can grow, each node would write (or look for) its own copy.
+    Refused before anything is written, unless the user says it is a shared mount."""
+    import ray
+
+    from charlm import storage
+
+    if storage.is_uri(path) or shared_filesystem or not on_cluster():
+        return
+    nodes = sum(1 for n in ray.nodes() if n["Alive"])
+    if nodes > 1 or can_add_nodes():
+        why = f"{nodes} nodes" if nodes > 1 else "an autoscaler that adds nodes"
+        raise CharlmError(f"{flag} {path} is a local path, but this Ray cluster has {why}, each "
+                          "with its own disk; use an s3:// or gs:// URI, or pass "
+                          "--shared-filesystem if it is a mount that every node shares")
+
+
+def require_gpus(count: int) -> None:
+    """Fail at once where GPUs can never come: an embedded Ray, or a cluster
+    without an autoscaler, that has fewer than `count`. A cluster that can add
+    GPU nodes gets them from the demand of Train's placement group and Data's
+    actors; charlm's placement deadline (--placement-timeout) bounds the wait."""
     import ray
 
     have = int(ray.cluster_resources().get("GPU", 0))
-    if have >= count:
+    if have >= count or (on_cluster() and can_add_nodes()):
         return
-    if on_cluster():
-        from ray.autoscaler.sdk import request_resources
+    where = "this Ray cluster (no autoscaler)" if on_cluster() else "this machine"
+    raise CharlmError(f"--use-gpu needs {count} GPU(s) but {where} has {have}; "
+                      "drop --use-gpu or run on GPU nodes (see docs/cluster.md)")
 
-        request_resources(bundles=[{"GPU": 1}] * count)
-        try:
-            deadline = time.monotonic() + wait_s
-            while have < count and time.monotonic() < deadline:
-                time.sleep(5)
-                have = int(ray.cluster_resources().get("GPU", 0))
-        finally:
-            request_resources(bundles=[])
-    if have < count:
-        where = "this Ray cluster" if on_cluster() else "this machine"
-        raise CharlmError(f"--use-gpu needs {count} GPU(s) but {where} has {have}; "
-                          "drop --use-gpu or run on GPU nodes (see docs/cluster.md)")
+
+def explain_placement_timeout(error: BaseException, what: str, seconds: float,
+                              gpus: bool) -> None:
+    """Raises the deadline's one line if `error` is (or wraps) Ray Train's
+    worker-group start timeout or Ray Data's actor start timeout."""
+    from ray.exceptions import GetTimeoutError
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+
+    seen = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, WorkerGroupStartupTimeoutError | GetTimeoutError):
+            causes = PLACEMENT_CAUSES if gpus else "the cluster lacks the CPUs asked for"
+            raise CharlmError(f"{what} could not be placed on the cluster within "
+                              f"{seconds:.0f} s; {causes}; or raise --placement-timeout") from error
+        e = (getattr(e, "controller_failure", None) or e.__cause__ or e.__context__)
+
+
+def check_gpu(use_gpu: bool, what: str, announce: bool = False) -> list[str]:
+    """With --use-gpu, in a Ray worker that holds a GPU: TensorFlow must see it,
+    or the worker fails now, naming its node and the cause (Ray advertises the
+    GPUs a node declares, whatever its CUDA can do: a broken setup would train
+    on the CPU while holding GPU nodes). Returns the devices TensorFlow computes
+    on, and with `announce` prints them."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if use_gpu and not gpus:
+        import ray
+
+        node_id = ray.get_runtime_context().get_node_id()
+        ip = next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node_id), "?")
+        node = f"{ip} ({node_id[:12]})"
+        ray_gpus = ",".join(map(str, ray.get_gpu_ids())) or "none"
+        if not tf.test.is_built_with_cuda():
+            cause = "this TensorFlow is built without CUDA; install charlm's gpu extra"
+        else:
+            cause = ("CUDA could not start (no NVIDIA driver, or a broken one: check "
+                     "nvidia-smi on the node and that the worker image is the -gpu one)")
+        raise CharlmError(f"{what} on node {node} holds Ray GPU {ray_gpus} (CUDA_VISIBLE_DEVICES="
+                          f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}) but TensorFlow "
+                          f"sees no GPU: {cause}; or drop --use-gpu")
+    devices = [d.name for d in gpus or tf.config.list_physical_devices("CPU")]
+    if announce:
+        sys.stdout.write(f"{what} computes on {', '.join(devices)}\n")
+        sys.stdout.flush()
+    return devices

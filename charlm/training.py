@@ -49,6 +49,7 @@ def train_loop(loop_config: dict) -> None:
     runtime.set_training_threads(loop_config["threads"])
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
+    runtime.check_gpu(config.use_gpu, f"training worker {rank}", announce=rank == 0)
     # One worker has nothing to all-reduce: skip the collective runtime (its
     # gRPC server, threads and per-step overhead). Several all-reduce their
     # gradients packed into one collective per step, not one per variable.
@@ -203,15 +204,17 @@ def train(config: TrainConfig) -> str:
             f"{n_windows} training windows make no full batch of {config.batch_size} "
             f"across {config.num_workers} worker(s); lower --batch-size or use a longer corpus")
     storage_path = storage.normalize(config.storage_path)
+    cpus = config.cpus_per_worker or runtime.default_cpus(config.num_workers)
+    runtime.init_ray(config.verbose, cpus_needed=cpus * config.num_workers)
+    runtime.require_shared(storage_path, "--storage-path", config.shared_filesystem)
     storage.check_writable(storage_path, "--storage-path")
     name = run_name(config, corpus)
     run_dir = storage.join(storage_path, name)
-
-    cpus = config.cpus_per_worker or (
-        1 if runtime.on_cluster() else max(1, (os.cpu_count() or 1) // config.num_workers))
-    runtime.init_ray(config.verbose, cpus_needed=cpus * config.num_workers)
     if config.use_gpu:
         runtime.require_gpus(config.num_workers)
+    # Ray Train retries starting its workers forever, 60 s a try: one try of
+    # charlm's deadline instead (Train passes the variable to its controller).
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(config.placement_timeout)
     print(f"corpus {corpus.name}: {len(corpus.text):,} characters, vocabulary {len(corpus.vocab)}, "
           f"{n_windows:,} training windows; {config.num_workers} worker(s) × {steps} steps "
           f"per epoch; run {run_dir}", flush=True)
@@ -229,19 +232,26 @@ def train(config: TrainConfig) -> str:
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.num_workers, use_gpu=config.use_gpu,
-            resources_per_worker={"CPU": cpus, **({"GPU": 1} if config.use_gpu else {})}),
+            resources_per_worker={"CPU": cpus, **({"GPU": 1} if config.use_gpu else {})},
+            placement_strategy=config.placement_strategy),
         datasets={"train": training_stream(train_ids, config.maxlen, config.step,
                                            config.epochs, config.seed)},
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=config.max_failures,
+                                                   controller_failure_limit=0),
             worker_runtime_env=runtime.runtime_env(config.verbose),
             logging_config=ray.train.LoggingConfig(log_level="INFO" if config.verbose else "ERROR"),
         ),
     )
-    result = trainer.fit()
-    if result.error:
-        raise result.error
+    try:
+        result = trainer.fit()
+        if result.error:
+            raise result.error
+    except Exception as e:
+        runtime.explain_placement_timeout(e, "training workers", config.placement_timeout,
+                                          config.use_gpu)
+        raise
     best = checkpoint.best_in_run(run_dir)
     print(f"best checkpoint: {best}", flush=True)
     return best

@@ -50,6 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="CPUs (and TF threads) per actor (default: this machine's cores / "
            "--concurrency; 1 on a cluster)")
     a("--use-gpu", action="store_true", help="one GPU per actor")
+    a("--placement-timeout", type=float, default=D.placement_timeout, metavar="SECONDS",
+      help="fail if the actors are not placed within this time (default %(default)g: "
+           "a cold start of GPU nodes)")
+    a("--shared-filesystem", action="store_true",
+      help="local --checkpoint and --output paths are a mount that every node shares")
     a("--verbose", action="store_true", help="show TensorFlow and Ray logs")
 
 

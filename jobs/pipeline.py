@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--storage-path", help="local directory or s3:// URI for runs (default: jobs.train's)")
     a("--name", help="run name; outputs land in <storage-path>/<name> (default: jobs.train's)")
     a("--use-gpu", action="store_true", help="train and generate on GPUs")
+    a("--shared-filesystem", action="store_true",
+      help="a local --storage-path is a mount that every node of the cluster shares")
     a("--verbose", action="store_true", help="show TensorFlow and Ray logs")
 
 
@@ -102,7 +104,8 @@ def run(argv: list[str]) -> tuple[str, str, str]:
 
     def generate_argv(checkpoint: str, output: str) -> list[str]:
         return [*DEFAULTS["generate"], "--checkpoint", checkpoint, "--output", output,
-                *shared(args, "--use-gpu", "--verbose"), *routed["generate"]]
+                *shared(args, "--use-gpu", "--shared-filesystem", "--verbose"),
+                *routed["generate"]]
 
     def report_argv(output: str) -> list[str]:
         return [output, *routed["report"]]
@@ -111,7 +114,8 @@ def run(argv: list[str]) -> tuple[str, str, str]:
     # --generate.* fails in seconds rather than after the training.
     train_args = parsers["train"].parse_args([
         *DEFAULTS["train"],
-        *shared(args, "--corpus", "--storage-path", "--name", "--use-gpu", "--verbose"),
+        *shared(args, "--corpus", "--storage-path", "--name", "--use-gpu", "--shared-filesystem",
+                "--verbose"),
         *routed["train"]])
     parsers["generate"].parse_args(generate_argv(PENDING, PENDING))
     parsers["report"].parse_args(report_argv(PENDING))

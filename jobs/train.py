@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from charlm.cli import job_main
-from charlm.config import PRESETS, TrainConfig
+from charlm.config import PLACEMENT_STRATEGIES, PRESETS, TrainConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +36,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--max-steps", type=int, help="cap on steps per epoch (smoke tests, benchmark slices)")
     a("--num-workers", type=int, help="training workers: one per GPU on a cluster (default 1)")
     a("--use-gpu", action="store_true", default=None, help="one GPU per worker")
-    a("--cpus-per-worker", type=int, help="CPUs (and TF threads) per worker")
+    a("--cpus-per-worker", type=int, help="CPUs (and TF threads) per worker "
+                                          "(default: 1 on a cluster, the cores shared out locally)")
+    a("--placement-strategy", choices=PLACEMENT_STRATEGIES,
+      help="where Ray puts the workers: PACK (fewest nodes, default), SPREAD, "
+           "STRICT_SPREAD (each on its own node), STRICT_PACK")
+    a("--placement-timeout", type=float, metavar="SECONDS",
+      help="fail if the workers are not placed within this time (default 1200: "
+           "a cold start of GPU nodes)")
+    a("--shared-filesystem", action="store_true", default=None,
+      help="a local --storage-path is a mount that every node of the cluster shares")
     a("--storage-path", help="local directory or s3:// URI for runs (default ~/charlm/runs)")
     a("--name", help="run name; rerunning a name resumes it (default: <corpus>-lstm)")
     a("--max-failures", type=int, help="restarts of a worker group that lost a worker")

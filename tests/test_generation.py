@@ -4,7 +4,6 @@ real Parquet read back with pandas."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import os
@@ -12,7 +11,6 @@ import shutil
 
 import numpy as np
 import pandas as pd
-import pyarrow.fs as pafs
 import pytest
 import ray
 
@@ -229,24 +227,6 @@ def test_unknown_characters_can_be_skipped(run_dir):
     options = GenerateOptions(checkpoint=run_dir, output="unused", seed=["Snow☃Man"],
                               unknown_chars="skip")
     assert collect_seeds(options, meta) == ["snowman"]  # and lower-cased like the corpus
-
-
-@pytest.mark.parametrize("fail", [False, True])
-def test_staged_output_on_a_filesystem_without_rename(tmp_path, monkeypatch, fail):
-    """The s3/gs path (copy into place, then delete), on a non-local pyarrow filesystem."""
-    fs = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
-    monkeypatch.setattr(generation.storage, "resolve", lambda uri: (fs, "gen"))
-    (tmp_path / "gen").mkdir()
-    (tmp_path / "gen" / "old.parquet").write_text("old")
-    with pytest.raises(RuntimeError) if fail else contextlib.nullcontext():
-        with generation.staged_output("s3://bucket/gen", overwrite=True) as (staged_fs, tmp):
-            assert staged_fs is fs
-            with fs.open_output_stream(f"{tmp}/new.parquet") as f:
-                f.write(b"new")
-            if fail:
-                raise RuntimeError("a failed job")
-    assert sorted(os.listdir(tmp_path)) == ["gen"]  # the temporary prefix is gone
-    assert os.listdir(tmp_path / "gen") == ["old.parquet" if fail else "new.parquet"]
 
 
 def test_seeds_are_distinct_and_in_order(run_dir, corpus):

@@ -1,0 +1,282 @@
+"""Local Ray clusters for tests, built as `ray up` builds them: a head started
+with `ray start --head`, worker nodes joined with `ray start --address`, all on
+127.0.0.1 with free ports, token auth and one temp dir; plus an S3-compatible
+server (moto) as object storage, and `ray job submit` as a user runs it.
+
+Processes are stopped by killing exactly the ones under the cluster's temp dir
+(each node has its own below it): `ray stop` would also stop any other Ray on
+this machine (other test runs start embedded ones).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import psutil
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+RAY = os.path.join(BIN, "ray")
+# The working dir is uploaded to the head on every submission: code only.
+EXCLUDES = [".venv", ".git", "**/__pycache__", ".pytest_cache", ".ruff_cache", "runs", "out",
+            "*.egg-info", "build", "benchmarks/logs"]
+JOB_TIMEOUT_S = 300
+# A job that proves wiring, not learning: one tiny epoch, two seeds.
+TINY = ["--train.epochs", "1", "--train.max-steps", "4", "--train.units", "16",
+        "--train.maxlen", "32", "--train.step", "32", "--train.batch-size", "32",
+        "--generate.num-seeds", "2", "--generate.length", "20"]
+
+
+@dataclass
+class Node:
+    temp_dir: str  # its own, below the cluster's: the mark of its processes
+    cpus: int
+    gpus: int
+
+
+@dataclass
+class Cluster:
+    temp_dir: str  # <RAY_TMPDIR>/ray, where `ray start` records the head's address
+    address: str  # the dashboard's, for `ray job` and `ray list`
+    gcs: str  # host:port, for `ray start --address`
+    env: dict[str, str]
+    workers: list[Node] = field(default_factory=list)
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports: all held open until every one is chosen."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def processes_under(temp_dir: str) -> list[psutil.Process]:
+    """Ray's daemons name their node's temp dir; workers and job drivers descend from them."""
+    roots = []
+    for p in psutil.process_iter(["cmdline"]):
+        if any(temp_dir in arg for arg in p.info["cmdline"] or ()):
+            roots.append(p)
+    found = {p.pid: p for p in roots}
+    for p in roots:
+        try:
+            found.update((c.pid, c) for c in p.children(recursive=True))
+        except psutil.NoSuchProcess:
+            pass
+    return list(found.values())
+
+
+def kill(procs: list[psutil.Process], sig: int = signal.SIGTERM) -> None:
+    """`sig`, then SIGKILL for whatever is still alive after 5 s."""
+    for p in procs:
+        try:
+            p.send_signal(sig)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=5)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+
+
+def kill_node(node: Node) -> None:
+    """A node lost at once: its raylet and every process under it, SIGKILL."""
+    kill(processes_under(node.temp_dir + os.sep), signal.SIGKILL)
+
+
+def _node_ports(ports: list[int]) -> list[str]:
+    node_manager, object_manager, agent_http, agent_grpc, runtime_env_agent, metrics = ports
+    return [f"--node-manager-port={node_manager}", f"--object-manager-port={object_manager}",
+            f"--dashboard-agent-listen-port={agent_http}",
+            f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--runtime-env-agent-port={runtime_env_agent}", f"--metrics-export-port={metrics}",
+            "--min-worker-port=0", "--max-worker-port=0"]  # workers: any free port
+
+
+def _start(commands: list[list[str]], env: dict[str, str]) -> None:
+    """`ray start` with each command's flags, all at once; each must succeed."""
+    procs = [subprocess.Popen([RAY, "start", *cmd, "--node-ip-address=127.0.0.1",
+                               "--object-store-memory=200000000", "--disable-usage-stats"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True) for cmd in commands]
+    for proc in procs:
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, out[-2000:] + err[-3000:]
+
+
+def ray_cli(cluster: Cluster, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([RAY, *args], env=cluster.env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@contextmanager
+def ray_cluster(head_cpus: int, workers: list[tuple[int, int]] = (),
+                env: dict[str, str] | None = None) -> Iterator[Cluster]:
+    """A head with `head_cpus` CPUs and one worker node per (cpus, gpus); `env`
+    reaches every node's processes (as an instance profile reaches a real node's)."""
+    root = tempfile.mkdtemp(prefix="charlm-ray-", dir="/tmp")  # short: socket paths
+    # Named as Ray names its default temp dir under RAY_TMPDIR: a process given
+    # RAY_TMPDIR=<root> finds this cluster as one on a cluster's own head does.
+    temp_dir = os.path.join(root, "ray")
+    os.mkdir(temp_dir)
+    token_path = os.path.join(root, "auth_token")
+    with open(token_path, "w") as f:
+        f.write(secrets.token_hex(32))
+    full_env = {k: v for k, v in os.environ.items()
+                if not k.startswith("RAY_") and k.lower() not in ("http_proxy", "https_proxy")}
+    # The job's `python` is the first on the head's PATH: this venv's.
+    full_env.update(PATH=f"{BIN}{os.pathsep}{full_env.get('PATH', '')}",
+                    NO_PROXY="127.0.0.1,localhost", RAY_AUTH_MODE="token",
+                    RAY_AUTH_TOKEN_PATH=token_path, RAY_USAGE_STATS_ENABLED="0", **(env or {}))
+    gcs, dashboard, client, *node_ports = free_ports(9)
+    cluster = Cluster(temp_dir, f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{gcs}", full_env)
+    try:
+        _start([["--head", "--dashboard-host=127.0.0.1", f"--port={gcs}",
+                 f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}",
+                 *_node_ports(node_ports), f"--num-cpus={head_cpus}", "--num-gpus=0",
+                 f"--temp-dir={temp_dir}"]], full_env)
+        cluster.workers = [Node(os.path.join(temp_dir, f"worker{i}"), cpus, gpus)
+                           for i, (cpus, gpus) in enumerate(workers)]
+        ports = free_ports(6 * len(workers))
+        _start([[f"--address={cluster.gcs}", *_node_ports(ports[6 * i:6 * i + 6]),
+                 f"--num-cpus={n.cpus}", f"--num-gpus={n.gpus}", f"--temp-dir={n.temp_dir}"]
+                for i, n in enumerate(cluster.workers)], full_env)
+        deadline = time.monotonic() + 90
+        while ray_cli(cluster, "job", "list", "--address", cluster.address).returncode != 0:
+            assert time.monotonic() < deadline, "the head's job API never came up"
+            time.sleep(2)
+        yield cluster
+    finally:
+        kill(processes_under(root))
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def submit(cluster: Cluster, submission_id: str, *pipeline_args: str, module: str = "pipeline",
+           wait: bool = True) -> tuple[str, str]:
+    """`ray job submit --working-dir .` as a user runs it. With `wait`, returns
+    the final status (succeeded, failed or stopped) and the job's logs."""
+    cmd = ["job", "submit", "--address", cluster.address, "--submission-id", submission_id,
+           "--working-dir", ".", "--runtime-env-json", json.dumps({"excludes": EXCLUDES}),
+           *([] if wait else ["--no-wait"]), "--", "python", "-m", f"jobs.{module}",
+           *pipeline_args]
+    try:
+        proc = ray_cli(cluster, *cmd, timeout=JOB_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        ray_cli(cluster, "job", "stop", "--address", cluster.address, submission_id)
+        pytest.fail(f"job {submission_id} not done after {JOB_TIMEOUT_S}s:\n"
+                    + logs(cluster, submission_id)[-5000:])
+    if not wait:
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        return "submitted", ""
+    return wait_for(cluster, submission_id)
+
+
+def wait_for(cluster: Cluster, submission_id: str,
+             timeout: float = JOB_TIMEOUT_S) -> tuple[str, str]:
+    """The job's final status and its logs, once it has ended."""
+    deadline = time.monotonic() + timeout
+    while True:
+        proc = ray_cli(cluster, "job", "status", "--address", cluster.address, submission_id)
+        found = re.search(rf"Job '{submission_id}' (succeeded|failed|was stopped)",
+                          proc.stdout + proc.stderr)
+        if found:
+            return found.group(1), logs(cluster, submission_id)
+        if time.monotonic() > deadline:
+            ray_cli(cluster, "job", "stop", "--address", cluster.address, submission_id)
+            pytest.fail(f"job {submission_id} not done after {timeout}s:\n"
+                        + logs(cluster, submission_id)[-5000:])
+        time.sleep(2)
+
+
+def logs(cluster: Cluster, submission_id: str) -> str:
+    return ray_cli(cluster, "job", "logs", "--address", cluster.address, submission_id).stdout
+
+
+def printed(log: str, label: str) -> str:
+    """The last `<label>: <path>` line the job printed."""
+    found = re.findall(rf"^{label}: (.+)$", log, flags=re.MULTILINE)
+    assert found, f"no '{label}:' line in the job's logs:\n{log[-5000:]}"
+    return found[-1].strip()
+
+
+def error_lines(log: str) -> list[str]:
+    return [line for line in log.splitlines() if line.startswith("error: ")]
+
+
+def state(cluster: Cluster, kind: str, *filters: str) -> list[dict]:
+    """Ray's state API (`ray list <kind>`), dead entries included."""
+    args = ["list", kind, "--address", cluster.address, "--format", "json", "--detail",
+            "--limit", "10000"]
+    for f in filters:
+        args += ["--filter", f]
+    proc = ray_cli(cluster, *args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
+def job_id(cluster: Cluster, submission_id: str) -> str:
+    jobs = state(cluster, "jobs", f"submission_id={submission_id}")
+    assert len(jobs) == 1, jobs
+    return jobs[0]["job_id"]
+
+
+# -- S3 ------------------------------------------------------------------------
+
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                  "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@contextmanager
+def s3_server(bucket: str) -> Iterator[dict[str, str]]:
+    """moto's S3 server on a free port with `bucket` created; yields the
+    environment that points pyarrow, pandas and boto3 at it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_ports(1)[0]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {**S3_CREDENTIALS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    try:
+        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
+                     aws_secret_access_key="testing",
+                     region_name="us-east-1").create_bucket(Bucket=bucket)
+        yield env
+    finally:
+        server.stop()
+
+
+@contextmanager
+def environ(values: dict[str, str]) -> Iterator[None]:
+    """`values` in this process's environment for the block (pandas reads s3:// here)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
