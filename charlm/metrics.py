@@ -83,7 +83,6 @@ class TensorBoard:
         import pyarrow.fs as pafs
 
         fs, path = storage.resolve(self.target)
-        fs.create_dir(path, recursive=True)
         local = pafs.LocalFileSystem()
         for name in os.listdir(self.local):
             pafs.copy_files(os.path.join(self.local, name), f"{path}/{name}",

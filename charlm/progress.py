@@ -43,6 +43,7 @@ class Console:
         self.mailbox = ray.remote(num_cpus=0)(_Mailbox).remote()
         self.bar = None
         self.task = None
+        self.stopped: tuple[str, str] | None = None  # rank 0's (reason, message), if it stopped
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="charlm-progress", daemon=True)
 
@@ -88,6 +89,8 @@ class Console:
         for kind, *args in items:
             if kind == "line":
                 self.line(args[0])
+            elif kind == "stopped":
+                self.stopped = tuple(args)
             elif kind == "progress" and self.bar is not None:
                 epoch, epochs, done, steps = args
                 description = f"epoch {epoch}/{epochs}"
@@ -115,6 +118,10 @@ class Reporter:
 
     def line(self, text: str) -> None:
         ray.get(self.mailbox.put.remote(("line", text)))
+
+    def stopped(self, reason: str, message: str) -> None:
+        """The run stops early: the driver says why (a line) or fails (an error)."""
+        ray.get(self.mailbox.put.remote(("stopped", reason, message)))
 
     def progress(self, epoch: int, done: int) -> None:
         now = time.monotonic()

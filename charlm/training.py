@@ -128,7 +128,6 @@ def train_loop(loop_config: dict) -> None:
             metrics["elapsed_s"] = time.time() - loop_config["job_started"]
             decision = stopper.after_epoch(epoch, metrics["loss"], metrics["val_loss"])
         decision = stopping.agree(decision)  # every worker stops, or none
-        metrics.update(stopped=decision.reason, stop_message=decision.message)
         diverged = decision.reason == stopping.NON_FINITE  # its weights are no checkpoint
         with tempfile.TemporaryDirectory() as d:
             if rank == 0:
@@ -147,8 +146,8 @@ def train_loop(loop_config: dict) -> None:
                 if config.sample_every and epoch % config.sample_every == 0 and not diverged:
                     reporter.line(_samples(model, vocab, loop_config["seed_ids"], config.maxlen,
                                            epoch))
-                if decision.reason == stopping.PATIENCE:
-                    reporter.line(decision.message)
+                if decision.reason:
+                    reporter.stopped(decision.reason, decision.message)
                 ray.train.report(metrics, checkpoint=None if diverged
                                  else ray.train.Checkpoint.from_directory(d),
                                  checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}")
@@ -249,8 +248,11 @@ def train(config: TrainConfig) -> str:
         result = trainer.fit()
     if result.error:
         raise result.error
-    if (result.metrics or {}).get("stopped") == stopping.NON_FINITE:
-        raise CharlmError(stopping.diverged(result.metrics["stop_message"], run_dir))
+    if console.stopped:  # early: say why, or fail if the loss diverged
+        reason, message = console.stopped
+        if reason == stopping.NON_FINITE:
+            raise CharlmError(stopping.diverged(message, run_dir))
+        print(message, flush=True)
     best = checkpoint.best_in_run(run_dir)
     print(f"best checkpoint: {best}", flush=True)
     return best
