@@ -180,6 +180,9 @@ def test_pipeline_job_succeeds_and_outputs_are_where_it_says(head: Head, corpus:
     status, log = submit(head, "charlm-pipeline", "--corpus", corpus,
                          "--storage-path", str(storage), "--name", "submitted", *TINY)
     assert status == "succeeded", log[-5000:]
+    # `ray job logs` shows the driver's own lines: no worker prefix, no colour.
+    assert re.search(r"^epoch 1/1  loss .* val_bpc ", log, flags=re.MULTILINE), log[-5000:]
+    assert "pid=" not in log and "\x1b[" not in log, log[-5000:]
 
     run_dir = storage / "submitted"
     checkpoint = printed(log, "best checkpoint")
