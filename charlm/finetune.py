@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from charlm import checkpoint
+from charlm import checkpoint, storage
 from charlm.config import TrainConfig
 from charlm.errors import CharlmError
 
@@ -22,6 +22,9 @@ def plan(source: str, vocab: str, config: TrainConfig) -> dict:
     """Check that `source` (a checkpoint or a run, → its best) fits `config`,
     and return what the checkpoint metadata records: the source, and for each
     character of the new vocabulary its row in the old one (-1: fresh)."""
+    if not storage.exists(source):
+        raise CharlmError(f"--init-from {source} does not exist; pass a run directory or a "
+                          "checkpoint_* directory written by jobs.train")
     uri = checkpoint.locate(source)
     meta = checkpoint.read_meta(checkpoint.fetch(uri))
     old = TrainConfig.from_dict(meta["config"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import tempfile
 
 from charlm import storage
@@ -90,3 +91,5 @@ class TensorBoard:
 
     def close(self) -> None:
         self.writer.close()
+        if self.remote:
+            shutil.rmtree(self.local, ignore_errors=True)

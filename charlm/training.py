@@ -166,6 +166,8 @@ def train_loop(loop_config: dict) -> None:
               verbose=0, callbacks=[tf.keras.callbacks.LambdaCallback(
                   on_epoch_begin=epoch_begin, on_epoch_end=epoch_end),
                   *([reporter.callback()] if rank == 0 else [])])
+    if rank == 0:
+        board.close()
 
 
 def _samples(model, vocab: str, seed_ids: list[int], maxlen: int, epoch: int) -> str:
@@ -204,6 +206,7 @@ def train(config: TrainConfig) -> str:
         raise CharlmError(
             f"{n_windows} training windows make no full batch of {config.batch_size} "
             f"across {config.num_workers} worker(s); lower --batch-size or use a longer corpus")
+    init_from = config.init_from and finetune.plan(config.init_from, corpus.vocab, config)
     storage_path = storage.normalize(config.storage_path)
     storage.check_writable(storage_path, "--storage-path")
     name = run_name(config, corpus)
@@ -218,7 +221,6 @@ def train(config: TrainConfig) -> str:
           f"{n_windows:,} training windows; {config.num_workers} worker(s) × {steps} steps "
           f"per epoch; run {run_dir}", flush=True)
 
-    init_from = config.init_from and finetune.plan(config.init_from, corpus.vocab, config)
     console = progress.Console()
     meta = {"format": 1, "run": name, "vocab": corpus.vocab, "config": config.to_dict(),
             "corpus": corpus.info(), **({"init_from": init_from} if init_from else {})}
