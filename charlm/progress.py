@@ -71,19 +71,24 @@ class Console:
     def __exit__(self, *_exc) -> None:
         self._stop.set()
         self._thread.join()
+        self._poll()  # what rank 0 posted last
+        if self.bar is not None:
+            self.bar.stop()
         try:
-            self._show(ray.get(self.mailbox.take.remote()))
-        finally:
-            if self.bar is not None:
-                self.bar.stop()
             ray.kill(self.mailbox)
+        except ray.exceptions.RayError:
+            pass
 
     def _run(self) -> None:
-        while not self._stop.wait(POLL_S):
-            try:
-                self._show(ray.get(self.mailbox.take.remote()))
-            except ray.exceptions.RayError:
-                return  # Ray is shutting down: the training's own error tells why
+        while not self._stop.wait(POLL_S) and self._poll():
+            pass
+
+    def _poll(self) -> bool:
+        try:
+            self._show(ray.get(self.mailbox.take.remote()))
+        except ray.exceptions.RayError:
+            return False  # Ray is shutting down: the training's own error tells why
+        return True
 
     def _show(self, items: list[tuple]) -> None:
         for kind, *args in items:
