@@ -10,6 +10,7 @@ lays them out.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 
@@ -81,7 +82,12 @@ def best_in_run(run: str) -> str:
     if not scored:
         raise CharlmError(f"no charlm checkpoint in {run}; pass a run directory written "
                           "by jobs.train or one of its checkpoint_* directories")
-    best = min(scored)[2]
+    # NaN compares false with everything, so min() could pick it: never a best.
+    finite = [s for s in scored if s[0] is not None and math.isfinite(s[0])]
+    if not finite:
+        raise CharlmError(f"no checkpoint in {run} has a finite val_loss; the run diverged: "
+                          "train again with a lower --learning-rate or --clipnorm")
+    best = min(finite)[2]
     return storage.join(run, os.path.basename(best.rstrip("/")))
 
 

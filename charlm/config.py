@@ -52,6 +52,8 @@ class TrainConfig:
     sample_every: int = 0  # print seed-style samples every N epochs (0: never)
     seed: int = 0
     verbose: bool = False
+    patience: int = 0  # stop after this many epochs without a better val_loss (0: never)
+    init_from: str | None = None  # fine-tune: start from this checkpoint's (or run's best) weights
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -93,6 +95,9 @@ class TrainConfig:
                               "give the seconds to wait for workers, more than 0")
         if not 0.0 <= self.dropout < 1.0:
             raise CharlmError(f"--dropout is {self.dropout}; use a value in [0, 1)")
+        if self.patience < 0:
+            raise CharlmError(f"--patience is {self.patience}; use 0 (never stop early) "
+                              "or a number of epochs")
 
 
 # The fast recipe predicts every position of non-overlapping 64-character

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import re
 import sys
 import tempfile
 import urllib.error
@@ -176,10 +177,23 @@ def _write_atomically(path: str, data: bytes) -> None:
 
 
 def _python_docs() -> tuple[str, str]:
-    """~460K characters of English prose and code that ship with Python itself."""
+    """~400K characters of English documentation that ship with Python itself,
+    as readable running text. The topics' indentation (a third of the raw
+    text, long runs of spaces once newlines become spaces) is dropped, and so
+    are the lines that are layout rather than prose: heading underlines,
+    table frames and cells, and interactive sessions (`>>>`, `...`)."""
     from pydoc_data.topics import topics
 
-    return "pydoc_data.topics", "\n".join(topics[k] for k in sorted(topics))
+    lines = []
+    for line in "\n".join(topics[k] for k in sorted(topics)).splitlines():
+        line = " ".join(line.split())
+        if line and not _RULE.fullmatch(line) and not line.startswith(_LAYOUT):
+            lines.append(line)
+    return "pydoc_data.topics", "\n".join(lines)
+
+
+_RULE = re.compile(r"([-=~^*])\1{2,}")  # a reST heading underline such as =====
+_LAYOUT = (">>>", "...", "|", "+")  # sessions, tables (+---+, | cell |)
 
 
 def _fetch(url: str) -> bytes:

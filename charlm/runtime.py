@@ -156,8 +156,15 @@ def init_ray(verbose: bool = False, cpus_needed: int = 1) -> None:
     quiet(verbose)
     if ray.is_initialized():
         return
+    if not sys.stdout.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no ANSI codes in logs and files
+    # Workers' output is not forwarded unless --verbose: the driver prints
+    # rank 0's lines itself (charlm.progress), and errors come back as
+    # exceptions. This also keeps Ray's own actors' log lines out, such as
+    # the core worker's "constructor arguments in the object store and
+    # max_restarts > 0" error for Ray Train's PreemptionWatcher.
     kwargs = dict(logging_level=logging.INFO if verbose else logging.ERROR,
-                  runtime_env=runtime_env(verbose))
+                  runtime_env=runtime_env(verbose), log_to_driver=verbose)
     if on_cluster():
         ray.init(**kwargs)  # Ray finds the address itself; a cluster has its own CPUs
     else:

@@ -10,20 +10,26 @@ from __future__ import annotations
 
 import itertools
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 import psutil
 
-from charlm import checkpoint, runtime, storage
+from charlm import checkpoint, finetune, progress, runtime, stopping, storage
 from charlm.config import VAL_MAXLEN, VAL_STEP, TrainConfig
 from charlm.corpus import Corpus, load_corpus
 from charlm.errors import CharlmError
+from charlm.metrics import (
+    HISTORY,  # noqa: F401 (where callers have always found it)
+    TensorBoard,
+    append_history,
+    bits_per_char,
+    epoch_line,
+    read_history,
+)
 from charlm.windows import split, training_stream, window_count, windows
 
-HISTORY = "history.parquet"
 # Gradients per all-reduce: the seed model's are 0.4 MB, so one pack per step.
 ALL_REDUCE_PACK = 32 << 20
 
@@ -62,6 +68,9 @@ def train_loop(loop_config: dict) -> None:
     with strategy.scope():
         model = build_model(config, len(vocab))
         compile_model(model, config, total_steps=config.epochs * loop_config["steps"])
+    reporter = progress.Reporter(loop_config["mailbox"], config.epochs, loop_config["steps"])
+    if loop_config["init_from"] and ray.train.get_checkpoint() is None:
+        finetune.load_into(model, loop_config["init_from"])
 
     start_epoch = 1
     resumed = ray.train.get_checkpoint()
@@ -70,9 +79,13 @@ def train_loop(loop_config: dict) -> None:
             checkpoint.restore(d, model)
             start_epoch = checkpoint.read_meta(d)["epoch"] + 1
         if rank == 0:
-            _emit(f"resumed from epoch {start_epoch - 1} ({resumed.path})")
+            reporter.line(f"resumed from epoch {start_epoch - 1} ({resumed.path})")
 
     val_windows = ray.get(loop_config["val_windows"]) if rank == 0 else None
+    if rank == 0:
+        board = TensorBoard(loop_config["run_dir"])
+        stopper = stopping.EarlyStopping(config.patience, [
+            r for r in read_history(loop_config["run_dir"]) if r["epoch"] < start_epoch])
     score = held_out_scorer(model)
     steps = loop_config["steps"]
     per_worker = config.batch_size // config.num_workers
@@ -107,27 +120,41 @@ def train_loop(loop_config: dict) -> None:
             "loss": float(logs["loss"]),
             "windows_per_s": steps * per_worker * config.num_workers / train_s,
             "epoch_s": train_s,
+            "learning_rate": float(tf.keras.backend.get_value(model.optimizer.learning_rate)),
         }
+        decision = None
+        if rank == 0:
+            metrics["val_loss"] = score(val_windows)
+            metrics["val_bpc"] = bits_per_char(metrics["val_loss"])
+            metrics["elapsed_s"] = time.time() - loop_config["job_started"]
+            decision = stopper.after_epoch(epoch, metrics["loss"], metrics["val_loss"])
+        decision = stopping.agree(decision)  # every worker stops, or none
+        diverged = decision.reason == stopping.NON_FINITE  # its weights are no checkpoint
         with tempfile.TemporaryDirectory() as d:
             if rank == 0:
-                metrics["val_loss"] = score(val_windows)
-                metrics["elapsed_s"] = time.time() - loop_config["job_started"]
-                meta = {**loop_config["meta"], "epoch": epoch,
-                        "metrics": {"loss": metrics["loss"], "val_loss": metrics["val_loss"]}}
+                meta = {**loop_config["meta"], "epoch": epoch, "metrics": {
+                    k: metrics[k] for k in ("loss", "val_loss", "val_bpc")}}
             else:
                 meta = {}
             # Every worker writes (variables may need collectives to read);
             # only rank 0's copy is reported.
-            checkpoint.save(d, model, meta)
+            if not diverged:
+                checkpoint.save(d, model, meta)
             if rank == 0:
-                _append_history(loop_config["run_dir"], metrics)
-                _emit(_epoch_line(metrics, config.epochs))
-                if config.sample_every and epoch % config.sample_every == 0:
-                    _emit(_samples(model, vocab, loop_config["seed_ids"], config.maxlen, epoch))
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
+                append_history(loop_config["run_dir"], metrics)
+                board.write(metrics)
+                reporter.line(epoch_line(metrics, config.epochs))
+                if config.sample_every and epoch % config.sample_every == 0 and not diverged:
+                    reporter.line(_samples(model, vocab, loop_config["seed_ids"], config.maxlen,
+                                           epoch))
+                if decision.reason:
+                    reporter.stopped(decision.reason, decision.message)
+                ray.train.report(metrics, checkpoint=None if diverged
+                                 else ray.train.Checkpoint.from_directory(d),
                                  checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}")
             else:
                 ray.train.report(metrics, checkpoint=None)
+        model.stop_training = decision.reason is not None
 
     if start_epoch > config.epochs:
         return
@@ -138,14 +165,10 @@ def train_loop(loop_config: dict) -> None:
     model.fit(strategy.distribute_datasets_from_function(run_data),
               initial_epoch=start_epoch - 1, epochs=config.epochs, steps_per_epoch=steps,
               verbose=0, callbacks=[tf.keras.callbacks.LambdaCallback(
-                  on_epoch_begin=epoch_begin, on_epoch_end=epoch_end)])
-
-
-def _emit(line: str) -> None:
-    """Straight to stdout: Ray Train routes print() through a logger, which
-    either duplicates the line or hides it with Train's own logs."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+                  on_epoch_begin=epoch_begin, on_epoch_end=epoch_end),
+                  *([reporter.callback()] if rank == 0 else [])])
+    if rank == 0:
+        board.close()
 
 
 def _samples(model, vocab: str, seed_ids: list[int], maxlen: int, epoch: int) -> str:
@@ -161,25 +184,6 @@ def _samples(model, vocab: str, seed_ids: list[int], maxlen: int, epoch: int) ->
     return "\n".join([f"samples after epoch {epoch}, seed {seed!r}:"] + [
         f"  T={t}: {''.join(vocab[i] for i in row)!r}"
         for t, row in zip(temperatures, ids, strict=True)])
-
-
-def _epoch_line(m: dict, epochs: int) -> str:
-    return (f"epoch {m['epoch']}/{epochs}  loss {m['loss']:.4f}  val_loss {m['val_loss']:.4f}  "
-            f"{m['windows_per_s']:,.0f} windows/s  {m['elapsed_s']:.0f}s")
-
-
-def _append_history(run_dir: str, metrics: dict) -> None:
-    """Per-epoch history beside the checkpoints, rewritten whole (it is tiny)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    fs, path = storage.resolve(storage.join(run_dir, HISTORY))
-    row = {k: metrics[k] for k in ("epoch", "loss", "val_loss", "windows_per_s", "elapsed_s")}
-    rows = []
-    if storage.exists(storage.join(run_dir, HISTORY)):
-        rows = [r for r in pq.read_table(path, filesystem=fs).to_pylist()
-                if r["epoch"] < row["epoch"]]
-    pq.write_table(pa.Table.from_pylist(rows + [row]), path, filesystem=fs)
 
 
 def run_name(config: TrainConfig, corpus: Corpus) -> str:
@@ -203,6 +207,7 @@ def train(config: TrainConfig) -> str:
         raise CharlmError(
             f"{n_windows} training windows make no full batch of {config.batch_size} "
             f"across {config.num_workers} worker(s); lower --batch-size or use a longer corpus")
+    init_from = config.init_from and finetune.plan(config.init_from, corpus.vocab, config)
     storage_path = storage.normalize(config.storage_path)
     cpus = config.cpus_per_worker or runtime.default_cpus(config.num_workers)
     runtime.init_ray(config.verbose, cpus_needed=cpus * config.num_workers)
@@ -219,9 +224,11 @@ def train(config: TrainConfig) -> str:
           f"{n_windows:,} training windows; {config.num_workers} worker(s) × {steps} steps "
           f"per epoch; run {run_dir}", flush=True)
 
+    console = progress.Console()
     meta = {"format": 1, "run": name, "vocab": corpus.vocab, "config": config.to_dict(),
-            "corpus": corpus.info()}
+            "corpus": corpus.info(), **({"init_from": init_from} if init_from else {})}
     loop_config = {
+        "mailbox": console.mailbox, "init_from": init_from,
         "config": config.to_dict(), "vocab": corpus.vocab, "meta": meta, "steps": steps,
         "threads": cpus, "run_dir": run_dir, "job_started": job_started,
         "seed_ids": train_ids[:config.maxlen].tolist(),
@@ -245,13 +252,19 @@ def train(config: TrainConfig) -> str:
         ),
     )
     try:
-        result = trainer.fit()
+        with console:
+            result = trainer.fit()
         if result.error:
             raise result.error
     except Exception as e:
         runtime.explain_placement_timeout(e, "training workers", config.placement_timeout,
                                           config.use_gpu)
         raise
+    if console.stopped:  # early: say why, or fail if the loss diverged
+        reason, message = console.stopped
+        if reason == stopping.NON_FINITE:
+            raise CharlmError(stopping.diverged(message, run_dir))
+        print(message, flush=True)
     best = checkpoint.best_in_run(run_dir)
     print(f"best checkpoint: {best}", flush=True)
     return best

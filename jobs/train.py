@@ -52,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--sample-every", type=int, help="print seed-style samples every N epochs")
     a("--seed", type=int, help="random seed")
     a("--verbose", action="store_true", default=None, help="show TensorFlow and Ray logs")
+    a("--patience", type=int,
+      help="stop after N epochs without a better val_loss (default 0: never)")
+    a("--init-from", metavar="CHECKPOINT",
+      help="fine-tune: start from this checkpoint's weights (a run: its best) on --corpus")
 
 
 def config_from(args: argparse.Namespace) -> TrainConfig:

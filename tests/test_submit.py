@@ -53,6 +53,11 @@ def test_pipeline_job_succeeds_and_outputs_are_where_it_says(head: Cluster, corp
     status, log = submit(head, "charlm-pipeline", "--corpus", corpus,
                          "--storage-path", str(storage), "--name", "submitted", *TINY)
     assert status == "succeeded", log[-5000:]
+    # The job's output (after the ray CLI's own coloured header) holds the
+    # driver's lines: no worker prefix, no colour.
+    job_output = log.split("Running entrypoint for job", 1)[-1]
+    assert re.search(r"^epoch 1/1  loss .* val_bpc ", job_output, flags=re.MULTILINE), log
+    assert "pid=" not in job_output and "\x1b[" not in job_output, log[-5000:]
 
     run_dir = storage / "submitted"
     checkpoint = printed(log, "best checkpoint")

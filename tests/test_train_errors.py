@@ -30,6 +30,8 @@ CASES = {
                             "--batch-size"),
     "negative micro-batch": (["--corpus", "{d}/ok.txt", "--micro-batch", "-1"], "--micro-batch"),
     "unknown preset": (["--corpus", "{d}/ok.txt", "--preset", "turbo"], "--preset"),
+    "negative patience": (["--corpus", "{d}/ok.txt", "--patience", "-1"], "--patience"),
+    "missing --init-from": (["--corpus", "{d}/ok.txt", "--init-from", "{d}/no-run"], "--init-from"),
     "unwritable storage": (["--corpus", "{d}/ok.txt", "--storage-path", "{d}/a_file/runs"],
                            "--storage-path"),
 }

@@ -1,0 +1,95 @@
+"""What rank 0 records after each epoch: the epoch line, `history.parquet`
+and TensorBoard event files, all under the run directory (local or s3://)."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+
+from charlm import storage
+
+HISTORY = "history.parquet"
+TENSORBOARD = "tensorboard"  # event files: <run_dir>/tensorboard
+COLUMNS = ("epoch", "loss", "val_loss", "val_bpc", "learning_rate", "windows_per_s", "elapsed_s")
+SCALARS = ("loss", "val_loss", "val_bpc", "learning_rate", "windows_per_s")
+
+
+def bits_per_char(nats: float) -> float:
+    """Cross-entropy in bits per character, the unit papers report."""
+    return nats / math.log(2)
+
+
+def epoch_line(m: dict, epochs: int) -> str:
+    return (f"epoch {m['epoch']}/{epochs}  loss {m['loss']:.4f}  val_loss {m['val_loss']:.4f}  "
+            f"val_bpc {m['val_bpc']:.3f}  {m['windows_per_s']:,.0f} windows/s  "
+            f"{m['elapsed_s']:.0f}s")
+
+
+def append_history(run_dir: str, metrics: dict) -> None:
+    """Per-epoch history beside the checkpoints, rewritten whole (it is tiny).
+    Rows of epochs at or after this one (a run resumed from an earlier
+    checkpoint) are replaced."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fs, path = storage.resolve(storage.join(run_dir, HISTORY))
+    row = {k: metrics.get(k) for k in COLUMNS}
+    rows = read_history(run_dir)
+    rows = [{k: r.get(k) for k in COLUMNS} for r in rows if r["epoch"] < row["epoch"]]
+    pq.write_table(pa.Table.from_pylist(rows + [row]), path, filesystem=fs)
+
+
+def read_history(run_dir: str) -> list[dict]:
+    """The run's history rows so far (none for a new run)."""
+    import pyarrow.parquet as pq
+
+    uri = storage.join(run_dir, HISTORY)
+    if not storage.exists(uri):
+        return []
+    fs, path = storage.resolve(uri)
+    return pq.read_table(path, filesystem=fs).to_pylist()
+
+
+class TensorBoard:
+    """Per-epoch scalars as TensorBoard event files in <run_dir>/tensorboard.
+
+    TensorFlow writes local paths (and gs://) but not s3://: a remote run's
+    files are written to a local directory and copied after each epoch with
+    pyarrow, whole (event files are small: a few hundred bytes per epoch).
+    A resumed run adds a new event file beside the old ones; TensorBoard reads
+    them all."""
+
+    def __init__(self, run_dir: str):
+        import tensorflow as tf
+
+        self.target = storage.join(run_dir, TENSORBOARD)
+        self.remote = storage.is_uri(run_dir)
+        self.local = tempfile.mkdtemp(prefix="charlm-tb-") if self.remote else self.target
+        self.writer = tf.summary.create_file_writer(self.local)
+
+    def write(self, metrics: dict) -> None:
+        import tensorflow as tf
+
+        with self.writer.as_default(step=int(metrics["epoch"])):
+            for name in SCALARS:
+                if metrics.get(name) is not None:
+                    tf.summary.scalar(name, float(metrics[name]))
+        self.writer.flush()
+        if self.remote:
+            self._upload()
+
+    def _upload(self) -> None:
+        import pyarrow.fs as pafs
+
+        fs, path = storage.resolve(self.target)
+        local = pafs.LocalFileSystem()
+        for name in os.listdir(self.local):
+            pafs.copy_files(os.path.join(self.local, name), f"{path}/{name}",
+                            source_filesystem=local, destination_filesystem=fs)
+
+    def close(self) -> None:
+        self.writer.close()
+        if self.remote:
+            shutil.rmtree(self.local, ignore_errors=True)
