@@ -41,6 +41,7 @@ SCHEMA = pa.schema([
     ("rng_seed", pa.int64()),
     ("context_mode", pa.string()),
     ("top_k", pa.int64()),
+    ("top_p", pa.float64()),
     ("length", pa.int64()),
     ("text", pa.string()),
     ("mean_logprob", pa.float64()),
@@ -63,6 +64,7 @@ class GenerateOptions:
     length: int = 400
     context_mode: str = "window"
     top_k: int = 0
+    top_p: float = 1.0
     rng_seed: int = 0
     unknown_chars: str = "error"
     concurrency: int = 1
@@ -103,11 +105,18 @@ def _check_options(o: GenerateOptions) -> None:
                                ("--cpus-per-actor", o.cpus_per_actor or 1, 1)):
         if value < least:
             raise CharlmError(f"{flag} is {value}; it must be at least {least}")
+    check_top_p(o.top_p)
     if o.context_mode not in CONTEXT_MODES:
         raise CharlmError(f"--context-mode {o.context_mode!r} is unknown; "
                           f"use one of {', '.join(CONTEXT_MODES)}")
     if o.unknown_chars not in ("error", "skip"):
         raise CharlmError(f"--unknown-chars {o.unknown_chars!r} is unknown; use error or skip")
+
+
+def check_top_p(top_p: float) -> None:
+    if not 0 < top_p <= 1:  # also NaN
+        raise CharlmError(f"--top-p is {top_p}; use a probability mass in (0, 1] "
+                          "(1: all characters)")
 
 
 def load_checkpoint(uri: str):
@@ -117,6 +126,24 @@ def load_checkpoint(uri: str):
         return checkpoint.load_model(local)
     except CharlmError:
         raise
+    except Exception as e:  # TF, JSON and pyarrow raise many types for a bad checkpoint
+        raise CharlmError(f"checkpoint {uri} cannot be loaded ({first_line(e)}); "
+                          "pass a checkpoint written by jobs.train") from e
+    finally:
+        if local != uri:  # a download: the weights are in memory now
+            shutil.rmtree(local, ignore_errors=True)
+
+
+def load_weights(uri: str):
+    """(sampling.Weights, meta) of a checkpoint, read without building a Keras
+    model; any failure to load it as a CharlmError."""
+    from charlm.sampling import weights_from_checkpoint
+
+    local = checkpoint.fetch(uri)
+    try:
+        meta = checkpoint.read_meta(local)
+        layers = TrainConfig.from_dict(meta["config"]).layers
+        return weights_from_checkpoint(os.path.join(local, checkpoint.STATE), layers), meta
     except Exception as e:  # TF, JSON and pyarrow raise many types for a bad checkpoint
         raise CharlmError(f"checkpoint {uri} cannot be loaded ({first_line(e)}); "
                           "pass a checkpoint written by jobs.train") from e
@@ -229,8 +256,8 @@ class Generate:
     """map_batches callable: loads the checkpoint once per actor, then generates
     each batch of requests in one compiled call."""
 
-    def __init__(self, uri: str, context_mode: str, top_k: int, length: int, threads: int,
-                 constants: dict):
+    def __init__(self, uri: str, context_mode: str, top_k: int, top_p: float, length: int,
+                 threads: int, constants: dict):
         import tensorflow as tf
 
         try:  # before TensorFlow's runtime starts; Ray's OMP_NUM_THREADS=1 would cap it
@@ -239,15 +266,14 @@ class Generate:
         except RuntimeError:
             pass  # a reused worker whose TensorFlow already runs keeps its threads
 
-        from charlm.sampling import Generator, weights_from_model
+        from charlm.sampling import Generator
 
-        model, meta = load_checkpoint(uri)
+        weights, meta = load_weights(uri)
         self.vocab = meta["vocab"]
-        self.generator = Generator(weights_from_model(model), meta["config"]["maxlen"],
-                                   context_mode, top_k)
+        self.generator = Generator(weights, meta["config"]["maxlen"], context_mode, top_k, top_p)
         self.length = length
         self.constants = {**constants, "context_mode": context_mode, "top_k": top_k,
-                          "length": length}
+                          "top_p": top_p, "length": length}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from charlm.corpus import decode, encode
@@ -370,7 +396,8 @@ def generate(o: GenerateOptions) -> str:
                       concurrency=o.concurrency, num_cpus=cpus,
                       num_gpus=1 if o.use_gpu else None,
                       fn_constructor_kwargs={"uri": uri, "context_mode": o.context_mode,
-                                             "top_k": o.top_k, "length": o.length,
+                                             "top_k": o.top_k, "top_p": o.top_p,
+                                             "length": o.length,
                                              "threads": cpus, "constants": constants},
                       runtime_env=runtime.runtime_env(o.verbose))
          .write_parquet(tmp, filesystem=fs))

@@ -25,7 +25,7 @@ from charlm.windows import holdout_start, windows
 from jobs import generate as job
 
 COLUMNS = ["run_id", "created_at", "checkpoint", "checkpoint_epoch", "corpus", "seed_text",
-           "temperature", "sample_index", "rng_seed", "context_mode", "top_k", "length",
+           "temperature", "sample_index", "rng_seed", "context_mode", "top_k", "top_p", "length",
            "text", "mean_logprob", "seconds"]
 
 
@@ -93,7 +93,7 @@ def test_output_schema_and_every_request_present(first, run_dir, corpus, capsys)
     assert str(df["created_at"].dtype) == "datetime64[us, UTC]"
     for column in ("checkpoint_epoch", "sample_index", "rng_seed", "top_k", "length"):
         assert df[column].dtype == np.int64
-    for column in ("temperature", "mean_logprob", "seconds"):
+    for column in ("temperature", "top_p", "mean_logprob", "seconds"):
         assert df[column].dtype == np.float64
     assert df["run_id"].nunique() == 1
     assert set(df["checkpoint"]) == {os.path.join(run_dir, "checkpoint_epoch_0001")}
@@ -110,7 +110,7 @@ def test_output_schema_and_every_request_present(first, run_dir, corpus, capsys)
     assert len(df) == len(keys) == 30
 
     assert (df["text"].str.len() == 24).all() and (df["length"] == 24).all()
-    assert set(df["context_mode"]) == {"window"}
+    assert set(df["context_mode"]) == {"window"} and set(df["top_p"]) == {1.0}
     assert (df["mean_logprob"] < 0).all() and (df["seconds"] > 0).all()
     greedy = df[df.temperature == 0].groupby("seed_text")["text"].nunique()
     assert (greedy == 1).all()  # T = 0: every sample of a seed is the argmax path
@@ -134,14 +134,15 @@ def test_same_texts_whatever_the_batches_and_actors(first, run_dir):
     assert leftovers(path) == [os.path.basename(path)]
 
 
-def test_stateful_mode_with_top_k(run_dir, tmp_path, capsys):
+def test_stateful_mode_with_top_k_and_top_p(run_dir, tmp_path, capsys):
     out = tmp_path / "stateful"
     path = run_job("--checkpoint", run_dir, "--seed", "def f(x):", "--seed", "a",
                    "--temperatures", "1.0", "--length", 50, "--context-mode", "stateful",
-                   "--top-k", 3, "--output", out)
+                   "--top-k", 3, "--top-p", 0.8, "--output", out)
     df = pd.read_parquet(path)
     assert df["seed_text"].tolist() == ["def f(x):", "a"]  # explicit seeds only
     assert set(df["context_mode"]) == {"stateful"} and set(df["top_k"]) == {3}
+    assert set(df["top_p"]) == {0.8}
     assert (df["text"].str.len() == 50).all()
     assert f"wrote 2 samples to {out}" in capsys.readouterr().out
 
@@ -181,6 +182,7 @@ def _write(path, text) -> str:
     ("unknown characters", "outside the model's vocabulary: '€' '☃'"),
     ("empty seeds file", "holds no seed"),
     ("length 0", "--length is 0"),
+    ("top-p 0", "--top-p is 0.0"),
     ("temperature not a number", "'warm' is not a number"),
     ("negative temperature", "-0.5 is not allowed"),
     ("no temperature", "lists no temperature"),
@@ -205,6 +207,7 @@ def test_bad_input_is_one_line_and_writes_nothing(case, message, run_dir, tmp_pa
         "unknown characters": ["--seed", "snow☃man €5"],
         "empty seeds file": ["--seeds-file", _write(tmp_path / "seeds.txt", "\n  \n")],
         "length 0": ["--length", 0],
+        "top-p 0": ["--top-p", 0],
         "temperature not a number": ["--temperatures", "0.5,warm"],
         "negative temperature": ["--temperatures", "1,-0.5"],
         "no temperature": ["--temperatures", " , "],
