@@ -9,6 +9,8 @@ import itertools
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -24,6 +26,7 @@ from charlm.model import build_model, compile_model, split_xy
 from charlm.windows import holdout_start, windows
 from jobs import generate as job
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLUMNS = ["run_id", "created_at", "checkpoint", "checkpoint_epoch", "corpus", "seed_text",
            "temperature", "sample_index", "rng_seed", "context_mode", "top_k", "top_p", "length",
            "text", "mean_logprob", "seconds"]
@@ -259,3 +262,154 @@ def test_seeds_are_distinct_and_in_order(run_dir, corpus):
     seeds = collect_seeds(options, meta)
     assert seeds[:3] == [corpus.text[:12], "b", "a"]
     assert len(seeds) == len(set(seeds)) > 100
+
+
+def test_quick_sampler_streams_the_jobs_text_without_ray(first, run_dir):
+    """jobs.sample in a fresh process: the same text as the job's row for the same
+    request (seed, temperature, sample index, --rng-seed), and Ray never imported."""
+    path, df = first
+    rows = df[df.sample_index == 1].groupby("temperature").head(1)
+    rows = rows[rows.temperature > 0].head(2)
+    assert len(rows) == 2
+    for row in rows.itertuples():
+        code = ("import sys; from jobs import sample; sample.main(sys.argv[1:]); "
+                "assert 'ray' not in sys.modules, 'imported ray'")
+        argv = ["--checkpoint", run_dir, "--prime", row.seed_text,
+                "--temperature", row.temperature, "--length", 24, "--sample-index", 1]
+        done = subprocess.run([sys.executable, "-c", code, *map(str, argv)],
+                              capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": ROOT})
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == row.seed_text + row.text + "\n"
+        assert f"rng_seed {row.rng_seed})" in done.stderr
+
+
+def test_quick_sampler_bad_input_is_one_line(run_dir, capsys):
+    from jobs import sample
+
+    for argv, message in ((["--prime", "snow☃"], "outside the model's vocabulary"),
+                          (["--prime", "the", "--top-p", "1.5"], "--top-p is 1.5"),
+                          (["--prime", "the", "--temperature", "-1"], "--temperature is -1.0")):
+        with pytest.raises(SystemExit) as exit_:
+            sample.main(["--checkpoint", run_dir, *argv])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and message in err, err
+
+
+LOAD_WITHOUT_CHARLM = """
+import json, sys
+class NoCharlm:  # the venv has charlm installed (editable): make it unimportable
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("charlm", "jobs"):
+            raise ImportError("charlm is not installed here")
+sys.meta_path.insert(0, NoCharlm())
+import tensorflow as tf
+requests = json.load(sys.stdin)
+generate = tf.saved_model.load(sys.argv[1]).signatures["generate"]
+out = generate(seed=tf.constant(requests["seed"]),
+               temperature=tf.constant(requests["temperature"], tf.float64),
+               length=tf.constant(requests["length"], tf.int32),
+               rng_seed=tf.constant(requests["rng_seed"], tf.int64))
+assert not any(m.startswith("charlm") for m in sys.modules)
+print(json.dumps({"text": [t.decode() for t in out["text"].numpy()],
+                  "mean_logprob": out["mean_logprob"].numpy().tolist()}))
+"""
+
+
+def load_exported(path, rows: pd.DataFrame, lengths: list[int], cwd) -> dict:
+    """Run the SavedModel's generate signature in `python -I` without charlm."""
+    requests = {"seed": rows["seed_text"].tolist(), "temperature": rows["temperature"].tolist(),
+                "length": lengths, "rng_seed": [int(s) for s in rows["rng_seed"]]}
+    done = subprocess.run([sys.executable, "-I", "-c", LOAD_WITHOUT_CHARLM, str(path)],
+                          input=json.dumps(requests), capture_output=True, text=True,
+                          timeout=300, cwd=cwd, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_exported_model_gives_the_jobs_text_without_charlm(first, run_dir, tmp_path, capsys):
+    """jobs.export → SavedModel; loaded in a process that cannot import charlm, its
+    generate signature returns the job's text for each request (rng_seed from the
+    Parquet output), in one batch with mixed lengths (a shorter one is a prefix)."""
+    from jobs import export
+
+    path, df = first
+    out = tmp_path / "model"
+    export.main(["--checkpoint", run_dir, "--output", str(out)])
+    assert f"to {out}" in capsys.readouterr().out
+    assert (out / "saved_model.pb").is_file() and leftovers(out) == ["model"]
+    lengths = [24 if i % 3 else 10 for i in range(len(df))]
+    got = load_exported(out, df, lengths, tmp_path)
+    assert got["text"] == [t[:n] for t, n in zip(df["text"], lengths, strict=True)]
+    full = np.array(lengths) == 24
+    np.testing.assert_allclose(np.array(got["mean_logprob"])[full], df["mean_logprob"][full],
+                               atol=1e-9)
+    # Seeds are normalised in the graph as jobs.generate normalises them.
+    again = load_exported(out, df.head(1).assign(seed_text=df["seed_text"][0].upper()), [24],
+                          tmp_path)
+    assert again["text"] == [df["text"][0]]
+
+
+def test_export_to_s3(first, run_dir, tmp_path, monkeypatch):
+    """An s3:// output through a real S3-compatible server: the whole SavedModel
+    arrives, nothing is left beside it, and it loads and generates the job's text."""
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    from jobs import export
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test",
+                           "AWS_SECRET_ACCESS_KEY": "test",
+                           "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(key, value)
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="models")
+        export.main(["--checkpoint", run_dir, "--output", "s3://models/charlm/v1"])
+        fs, _ = pafs.FileSystem.from_uri("s3://models/charlm")
+        names = {i.path for i in fs.get_file_info(pafs.FileSelector("models", recursive=True))}
+        assert "models/charlm/v1/saved_model.pb" in names
+        assert "models/charlm/v1/assets.extra/charlm.json" in names
+        assert not [n for n in names if ".tmp-" in n]
+        local = tmp_path / "v1"
+        pafs.copy_files("models/charlm/v1", str(local), source_filesystem=fs,
+                        destination_filesystem=pafs.LocalFileSystem())
+    finally:
+        server.stop()
+    path, df = first
+    rows = df.head(3)
+    assert load_exported(local, rows, [24] * 3, tmp_path)["text"] == rows["text"].tolist()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--top-p", "0"], "--top-p is 0.0"),
+    (["--top-k", "-1"], "--top-k is -1"),
+    (["--checkpoint", "/nonexistent/run"], "does not exist"),
+])
+def test_export_bad_input_is_one_line_and_writes_nothing(argv, message, run_dir, tmp_path,
+                                                         capsys):
+    from jobs import export
+
+    out = tmp_path / "model"
+    with pytest.raises(SystemExit) as exit_:
+        export.main(["--checkpoint", run_dir, "--output", str(out), *argv])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err, err
+    assert leftovers(out) == []
+
+
+def test_export_refuses_an_existing_output(run_dir, tmp_path, capsys):
+    from jobs import export
+
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "keep").write_text("x")
+    with pytest.raises(SystemExit) as exit_:
+        export.main(["--checkpoint", run_dir, "--output", str(out)])
+    assert exit_.value.code == 2 and "already exists" in capsys.readouterr().err
+    assert os.listdir(out) == ["keep"]
