@@ -9,6 +9,7 @@ depends on how rows are batched or how many actors run.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import posixpath
 import shutil
@@ -46,6 +47,7 @@ SCHEMA = pa.schema([
     ("text", pa.string()),
     ("mean_logprob", pa.float64()),
     ("seconds", pa.float64()),
+    ("generated_at", pa.timestamp("us", tz="UTC")),
 ])
 
 
@@ -132,6 +134,22 @@ def load_checkpoint(uri: str):
     finally:
         if local != uri:  # a download: the weights are in memory now
             shutil.rmtree(local, ignore_errors=True)
+
+
+def read_meta(uri: str) -> dict:
+    """A checkpoint's charlm.json alone: what the driver needs, without
+    TensorFlow (the actors load the weights)."""
+    fs, path = storage.resolve(uri)
+    try:
+        with fs.open_input_stream(f"{path.rstrip('/')}/{checkpoint.META}") as f:
+            meta = json.loads(f.read().decode("utf-8"))
+        TrainConfig.from_dict(meta["config"])
+        if not isinstance(meta["vocab"], str) or not meta["vocab"]:
+            raise ValueError("no vocabulary")
+    except Exception as e:  # JSON, pyarrow and missing keys raise many types
+        raise CharlmError(f"checkpoint {uri} cannot be loaded ({first_line(e)}); "
+                          "pass a checkpoint written by jobs.train") from e
+    return meta
 
 
 def load_weights(uri: str):
@@ -271,6 +289,7 @@ class Generate:
         weights, meta = load_weights(uri)
         self.vocab = meta["vocab"]
         self.generator = Generator(weights, meta["config"]["maxlen"], context_mode, top_k, top_p)
+        self.generator([np.zeros(1, np.int32)], np.zeros(1), np.zeros(1, np.int64), 1)  # trace
         self.length = length
         self.constants = {**constants, "context_mode": context_mode, "top_k": top_k,
                           "top_p": top_p, "length": length}
@@ -287,7 +306,8 @@ class Generate:
         n = batch.num_rows
         columns = {"seed_text": seeds, "text": [decode(r, self.vocab) for r in ids],
                    "mean_logprob": mean_logp,
-                   "seconds": np.full(n, (time.perf_counter() - started) / n)}
+                   "seconds": np.full(n, (time.perf_counter() - started) / n),
+                   "generated_at": [datetime.now(timezone.utc)] * n}
         for name in ("temperature", "sample_index", "rng_seed"):
             columns[name] = batch.column(name)
         for name, value in self.constants.items():
@@ -367,7 +387,7 @@ def generate(o: GenerateOptions) -> str:
     _check_options(o)
     temperatures = parse_temperatures(o.temperatures)
     uri = checkpoint.locate(o.checkpoint)
-    meta = load_checkpoint(uri)[1]  # fail here, fast, rather than in every actor
+    meta = read_meta(uri)  # fail here, fast, rather than in every actor
     rows = requests(collect_seeds(o, meta), temperatures, o.samples_per_seed, o.rng_seed)
     output = storage.normalize(o.output)
     cpus = o.cpus_per_actor or (

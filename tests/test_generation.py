@@ -29,7 +29,7 @@ from jobs import generate as job
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLUMNS = ["run_id", "created_at", "checkpoint", "checkpoint_epoch", "corpus", "seed_text",
            "temperature", "sample_index", "rng_seed", "context_mode", "top_k", "top_p", "length",
-           "text", "mean_logprob", "seconds"]
+           "text", "mean_logprob", "seconds", "generated_at"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -94,6 +94,8 @@ def test_output_schema_and_every_request_present(first, run_dir, corpus, capsys)
     path, df = first
     assert list(df.columns) == COLUMNS
     assert str(df["created_at"].dtype) == "datetime64[us, UTC]"
+    assert str(df["generated_at"].dtype) == "datetime64[us, UTC]"
+    assert (df["generated_at"] > df["created_at"]).all()
     for column in ("checkpoint_epoch", "sample_index", "rng_seed", "top_k", "length"):
         assert df[column].dtype == np.int64
     for column in ("temperature", "top_p", "mean_logprob", "seconds"):
@@ -160,14 +162,13 @@ def test_refuses_an_existing_output(first, run_dir, capsys):
     assert {f: os.path.getmtime(os.path.join(path, f)) for f in os.listdir(path)} == mtimes
 
 
-def test_failure_mid_job_leaves_nothing(run_dir, tmp_path, monkeypatch):
-    """The checkpoint passes the driver's check but the actors cannot load it."""
+def test_failure_mid_job_leaves_nothing(run_dir, tmp_path):
+    """The checkpoint passes the driver's check (its charlm.json) but the actors
+    cannot load its weights."""
     broken = tmp_path / "broken"
     shutil.copytree(os.path.join(run_dir, "checkpoint_epoch_0001"), broken)
     data = next(broken.glob("state.data-*"))
     data.write_bytes(data.read_bytes()[:100])
-    good = generation.load_checkpoint(os.path.join(run_dir, "checkpoint_epoch_0001"))
-    monkeypatch.setattr(generation, "load_checkpoint", lambda uri: good)  # driver only
     out = tmp_path / "out"
     with pytest.raises(Exception, match="cannot be loaded"):
         run_job("--checkpoint", broken, "--length", 10, "--output", out)
