@@ -9,6 +9,8 @@ depends on how rows are batched or how many actors run.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import shutil
 import time
 import uuid
@@ -37,10 +39,12 @@ SCHEMA = pa.schema([
     ("rng_seed", pa.int64()),
     ("context_mode", pa.string()),
     ("top_k", pa.int64()),
+    ("top_p", pa.float64()),
     ("length", pa.int64()),
     ("text", pa.string()),
     ("mean_logprob", pa.float64()),
     ("seconds", pa.float64()),
+    ("generated_at", pa.timestamp("us", tz="UTC")),
 ])
 
 
@@ -59,6 +63,7 @@ class GenerateOptions:
     length: int = 400
     context_mode: str = "window"
     top_k: int = 0
+    top_p: float = 1.0
     rng_seed: int = 0
     unknown_chars: str = "error"
     concurrency: int = 1
@@ -101,11 +106,18 @@ def _check_options(o: GenerateOptions) -> None:
                                ("--cpus-per-actor", o.cpus_per_actor or 1, 1)):
         if value < least:
             raise CharlmError(f"{flag} is {value}; it must be at least {least}")
+    check_top_p(o.top_p)
     if o.context_mode not in CONTEXT_MODES:
         raise CharlmError(f"--context-mode {o.context_mode!r} is unknown; "
                           f"use one of {', '.join(CONTEXT_MODES)}")
     if o.unknown_chars not in ("error", "skip"):
         raise CharlmError(f"--unknown-chars {o.unknown_chars!r} is unknown; use error or skip")
+
+
+def check_top_p(top_p: float) -> None:
+    if not 0 < top_p <= 1:  # also NaN
+        raise CharlmError(f"--top-p is {top_p}; use a probability mass in (0, 1] "
+                          "(1: all characters)")
 
 
 def load_checkpoint(uri: str):
@@ -115,6 +127,40 @@ def load_checkpoint(uri: str):
         return checkpoint.load_model(local)
     except CharlmError:
         raise
+    except Exception as e:  # TF, JSON and pyarrow raise many types for a bad checkpoint
+        raise CharlmError(f"checkpoint {uri} cannot be loaded ({first_line(e)}); "
+                          "pass a checkpoint written by jobs.train") from e
+    finally:
+        if local != uri:  # a download: the weights are in memory now
+            shutil.rmtree(local, ignore_errors=True)
+
+
+def read_meta(uri: str) -> dict:
+    """A checkpoint's charlm.json alone: what the driver needs, without
+    TensorFlow (the actors load the weights)."""
+    fs, path = storage.resolve(uri)
+    try:
+        with fs.open_input_stream(f"{path.rstrip('/')}/{checkpoint.META}") as f:
+            meta = json.loads(f.read().decode("utf-8"))
+        TrainConfig.from_dict(meta["config"])
+        if not isinstance(meta["vocab"], str) or not meta["vocab"]:
+            raise ValueError("no vocabulary")
+    except Exception as e:  # JSON, pyarrow and missing keys raise many types
+        raise CharlmError(f"checkpoint {uri} cannot be loaded ({first_line(e)}); "
+                          "pass a checkpoint written by jobs.train") from e
+    return meta
+
+
+def load_weights(uri: str):
+    """(sampling.Weights, meta) of a checkpoint, read without building a Keras
+    model; any failure to load it as a CharlmError."""
+    from charlm.sampling import weights_from_checkpoint
+
+    local = checkpoint.fetch(uri)
+    try:
+        meta = checkpoint.read_meta(local)
+        layers = TrainConfig.from_dict(meta["config"]).layers
+        return weights_from_checkpoint(os.path.join(local, checkpoint.STATE), layers), meta
     except Exception as e:  # TF, JSON and pyarrow raise many types for a bad checkpoint
         raise CharlmError(f"checkpoint {uri} cannot be loaded ({first_line(e)}); "
                           "pass a checkpoint written by jobs.train") from e
@@ -227,8 +273,8 @@ class Generate:
     """map_batches callable: loads the checkpoint once per actor, then generates
     each batch of requests in one compiled call."""
 
-    def __init__(self, uri: str, context_mode: str, top_k: int, length: int, threads: int,
-                 constants: dict, use_gpu: bool = False):
+    def __init__(self, uri: str, context_mode: str, top_k: int, top_p: float, length: int,
+                 threads: int, constants: dict, use_gpu: bool = False):
         import tensorflow as tf
 
         runtime.check_gpu(use_gpu, "generation actor")
@@ -238,15 +284,15 @@ class Generate:
         except RuntimeError:
             pass  # a reused worker whose TensorFlow already runs keeps its threads
 
-        from charlm.sampling import Generator, weights_from_model
+        from charlm.sampling import Generator
 
-        model, meta = load_checkpoint(uri)
+        weights, meta = load_weights(uri)
         self.vocab = meta["vocab"]
-        self.generator = Generator(weights_from_model(model), meta["config"]["maxlen"],
-                                   context_mode, top_k)
+        self.generator = Generator(weights, meta["config"]["maxlen"], context_mode, top_k, top_p)
+        self.generator([np.zeros(1, np.int32)], np.zeros(1), np.zeros(1, np.int64), 1)  # trace
         self.length = length
         self.constants = {**constants, "context_mode": context_mode, "top_k": top_k,
-                          "length": length}
+                          "top_p": top_p, "length": length}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from charlm.corpus import decode, encode
@@ -260,7 +306,8 @@ class Generate:
         n = batch.num_rows
         columns = {"seed_text": seeds, "text": [decode(r, self.vocab) for r in ids],
                    "mean_logprob": mean_logp,
-                   "seconds": np.full(n, (time.perf_counter() - started) / n)}
+                   "seconds": np.full(n, (time.perf_counter() - started) / n),
+                   "generated_at": [datetime.now(timezone.utc)] * n}
         for name in ("temperature", "sample_index", "rng_seed"):
             columns[name] = batch.column(name)
         for name, value in self.constants.items():
@@ -278,7 +325,7 @@ def generate(o: GenerateOptions) -> str:
     _check_options(o)
     temperatures = parse_temperatures(o.temperatures)
     uri = checkpoint.locate(o.checkpoint)
-    meta = load_checkpoint(uri)[1]  # fail here, fast, rather than in every actor
+    meta = read_meta(uri)  # fail here, fast, rather than in every actor
     rows = requests(collect_seeds(o, meta), temperatures, o.samples_per_seed, o.rng_seed)
     output = storage.normalize(o.output)
     cpus = o.cpus_per_actor or runtime.default_cpus(o.concurrency)
@@ -311,7 +358,8 @@ def generate(o: GenerateOptions) -> str:
                           concurrency=o.concurrency, num_cpus=cpus,
                           num_gpus=1 if o.use_gpu else None,
                           fn_constructor_kwargs={"uri": uri, "context_mode": o.context_mode,
-                                                 "top_k": o.top_k, "length": o.length,
+                                                 "top_k": o.top_k, "top_p": o.top_p,
+                                                 "length": o.length,
                                                  "threads": cpus, "constants": constants,
                                                  "use_gpu": o.use_gpu},
                           runtime_env=runtime.runtime_env(o.verbose))

@@ -14,6 +14,7 @@ on the batch shape).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,25 +39,62 @@ def weights_from_model(model: tf.keras.Model) -> Weights:
     return Weights(lstm=lstm, dense=dense)
 
 
+def weights_from_checkpoint(prefix: str, layers: int) -> Weights:
+    """The same weights read straight from a checkpoint's TensorFlow state
+    (`<dir>/state`): no Keras model is built, which saves generation's
+    start-up the tf-keras import and a model build. Keras tracks the layers
+    that hold weights in order: the LSTMs, then the output layer."""
+    reader = tf.train.load_checkpoint(prefix)
+
+    def get(layer: int, name: str) -> tf.Tensor:
+        return tf.constant(reader.get_tensor(
+            f"model/layer_with_weights-{layer}/{name}/.ATTRIBUTES/VARIABLE_VALUE"))
+
+    lstm = tuple(tuple(get(i, f"cell/{name}") for name in ("kernel", "recurrent_kernel", "bias"))
+                 for i in range(layers))
+    return Weights(lstm=lstm, dense=(get(layers, "kernel"), get(layers, "bias")))
+
+
 def sample(logp: tf.Tensor, temperature: tf.Tensor, uniform: tf.Tensor,
-           top_k: int = 0) -> tf.Tensor:
+           top_k: int = 0, top_p: float = 1.0) -> tf.Tensor:
     """The seed's draw, one per row: softmax(log p / T), then one categorical
     draw, by inverting the CDF at the row's own uniform (float64, like the
-    seed's numpy). T = 0 is greedy argmax; top_k > 0 keeps the k likeliest."""
+    seed's numpy). T = 0 is greedy argmax.
+
+    top_k > 0 keeps exactly the k likeliest characters (ties broken by the
+    lower id); top_p < 1 then keeps the smallest set of the likeliest whose
+    probability (after T and top-k) reaches top_p. Both rank each row alone."""
     logp = tf.cast(logp, tf.float64)
+    vocab = logp.shape[-1]
     greedy = tf.argmax(logp, axis=-1, output_type=tf.int32)
     positive = temperature > 0
     scaled = logp / tf.where(positive, temperature, 1.0)[:, None]
-    if 0 < top_k < logp.shape[-1]:
-        kth = tf.math.top_k(scaled, top_k).values[:, -1:]
-        scaled = tf.where(scaled >= kth, scaled, tf.constant(-np.inf, tf.float64))
+    k = top_k if 0 < top_k < vocab else vocab
+    if k < vocab or top_p < 1:
+        scaled = tf.where(_ranks(scaled) < _kept(scaled, k, top_p)[:, None], scaled,
+                          tf.constant(-np.inf, tf.float64))
     probs = tf.nn.softmax(scaled)
     cdf = tf.cumsum(probs, axis=-1)
     below = cdf <= uniform[:, None] * cdf[:, -1:]
-    drawn = tf.minimum(tf.reduce_sum(tf.cast(below, tf.int32), axis=-1), logp.shape[-1] - 1)
+    drawn = tf.minimum(tf.reduce_sum(tf.cast(below, tf.int32), axis=-1), vocab - 1)
     # Rounding can push the draw past the last character with any mass: take the mode.
     drawn = tf.where(tf.gather(probs, drawn, batch_dims=1) > 0, drawn, greedy)
     return tf.where(positive, drawn, greedy)
+
+
+def _ranks(scaled: tf.Tensor) -> tf.Tensor:
+    """Each character's rank in its row, 0 = likeliest; equal values rank by id."""
+    order = tf.math.top_k(scaled, scaled.shape[-1]).indices  # ties: lower index first
+    return tf.argsort(order, axis=-1, stable=True)
+
+
+def _kept(scaled: tf.Tensor, k: int, top_p: float) -> tf.Tensor:
+    """How many of each row's likeliest characters top-k, then top-p, keep."""
+    if top_p >= 1:
+        return tf.fill(tf.shape(scaled)[:1], k)
+    top = tf.nn.softmax(tf.math.top_k(scaled, k).values)  # the k likeliest, renormalised
+    before = tf.cumsum(top, axis=-1, exclusive=True)  # mass of the likelier ones
+    return tf.reduce_sum(tf.cast(before < top_p, tf.int32), axis=-1)
 
 
 class Generator:
@@ -65,19 +103,30 @@ class Generator:
     window: the seed's semantics: the last maxlen characters re-run from a
     zero state for every character. stateful: the state is carried forward,
     one LSTM step per character, after priming on the whole seed.
+
+    Two compiled functions: `start` (context → carry, the rows' uniforms) and
+    `run` (carry, n uniforms → n characters, carry). A job runs every
+    character in one `run` call; the quick sampler calls it once per character
+    to stream them. Both execute the same graph, so they give the same text.
     """
 
     def __init__(self, weights: Weights, maxlen: int, context_mode: str = "window",
-                 top_k: int = 0):
-        self.weights, self.maxlen, self.top_k = weights, maxlen, top_k
+                 top_k: int = 0, top_p: float = 1.0):
+        self.weights, self.maxlen, self.top_k, self.top_p = weights, maxlen, top_k, top_p
         self.context_mode = context_mode
         width = maxlen if context_mode == "window" else None
-        loop = {"window": self._window, "stateful": self._stateful}[context_mode]
-        self._fn = tf.function(loop, input_signature=[
-            tf.TensorSpec([None, width], tf.int32),
-            tf.TensorSpec([None], tf.float64),
-            tf.TensorSpec([None, 2], tf.int64),
-            tf.TensorSpec([], tf.int32),
+        units = [rec.shape[0] for _, rec, _ in weights.lstm for _ in range(2)]
+        carry = ((tf.TensorSpec([None, width], tf.int32),) if context_mode == "window" else
+                 tuple(tf.TensorSpec([None, u], tf.float32) for u in units))
+        self.start = tf.function(self._start, input_signature=[
+            tf.TensorSpec([None, width], tf.int32),  # context
+            tf.TensorSpec([None, 2], tf.int64),  # RNG seeds, split
+            tf.TensorSpec([], tf.int32),  # length
+        ])
+        self.run = tf.function(self._run, input_signature=[
+            carry,
+            tf.TensorSpec([None], tf.float64),  # temperature
+            tf.TensorSpec([None, None], tf.float64),  # uniforms, one per character
         ])
 
     def context(self, seeds: list[np.ndarray]) -> np.ndarray:
@@ -94,11 +143,21 @@ class Generator:
                  rng_seeds: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
         """Ids [rows, length] of the generated characters, and each row's mean
         log-probability (nats, at T = 1) of what it generated."""
-        ids, mean_logp = self._fn(tf.constant(self.context(seeds)),
-                                  tf.constant(temperature, tf.float64),
-                                  tf.constant(split_seeds(rng_seeds)),
-                                  tf.constant(length, tf.int32))
-        return ids.numpy(), mean_logp.numpy()
+        carry, u = self.start(tf.constant(self.context(seeds)),
+                              tf.constant(split_seeds(rng_seeds)), tf.constant(length, tf.int32))
+        ids, logp, _ = self.run(carry, tf.constant(temperature, tf.float64), u)
+        return ids.numpy(), logp.numpy().mean(axis=1)
+
+    def stream(self, seed: np.ndarray, temperature: float, rng_seed: int,
+               length: int) -> Iterator[tuple[int, float]]:
+        """One request's characters (id, log p at T = 1), one at a time, each
+        as soon as it is drawn: the same as __call__ gives for that request."""
+        carry, u = self.start(tf.constant(self.context([seed])),
+                              tf.constant(split_seeds([rng_seed])), tf.constant(length, tf.int32))
+        temperature = tf.constant([temperature], tf.float64)
+        for t in range(length):
+            ids, logp, carry = self.run(carry, temperature, u[:, t:t + 1])
+            yield int(ids[0, 0]), float(logp[0, 0])
 
     # -- graph pieces ------------------------------------------------------
 
@@ -127,40 +186,42 @@ class Generator:
         kernel, bias = self.weights.dense
         return tf.nn.log_softmax(tf.cast(state[-2] @ kernel + bias, tf.float64))
 
-    def _uniforms(self, seeds: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
-        """[rows, length] uniforms, row r from its own seed alone."""
-        return tf.map_fn(lambda s: tf.random.stateless_uniform([length], s, dtype=tf.float64),
-                         seeds, fn_output_signature=tf.TensorSpec([None], tf.float64))
-
-    def _emit(self, logp, temperature, u, t, out, total):
-        nxt = sample(logp, temperature, u[:, t], self.top_k)
-        return nxt, out.write(t, nxt), total + tf.gather(logp, nxt, batch_dims=1)
-
-    def _window(self, window, temperature, seeds, length):
-        rows = tf.shape(window)[0]
-        u = self._uniforms(seeds, length)
-        out = tf.TensorArray(tf.int32, size=length)
-        total = tf.zeros([rows], tf.float64)
-        for t in tf.range(length):
-            state = self._zero_state(rows)
-            for j in range(self.maxlen):
-                state = self._step(window[:, j], state)
-            nxt, out, total = self._emit(self._logp(state), temperature, u, t, out, total)
-            window = tf.concat([window[:, 1:], nxt[:, None]], axis=1)
-        return tf.transpose(out.stack()), total / tf.cast(length, tf.float64)
-
-    def _stateful(self, context, temperature, seeds, length):
-        rows = tf.shape(context)[0]
-        u = self._uniforms(seeds, length)
-        out = tf.TensorArray(tf.int32, size=length)
-        total = tf.zeros([rows], tf.float64)
-        state = self._zero_state(rows)
+    def _start(self, context, seeds, length):
+        """The carry after the seed, and [rows, length] uniforms, row r from its
+        own RNG seed alone (a prefix of a longer request's: Philox counts up)."""
+        u = tf.map_fn(lambda s: tf.random.stateless_uniform([length], s, dtype=tf.float64),
+                      seeds, fn_output_signature=tf.TensorSpec([None], tf.float64))
+        if self.context_mode == "window":
+            return (context,), u
+        state = self._zero_state(tf.shape(context)[0])
         for j in tf.range(tf.shape(context)[1]):
             state = self._step(context[:, j], state)
-        for t in tf.range(length):
-            nxt, out, total = self._emit(self._logp(state), temperature, u, t, out, total)
-            state = self._step(nxt, state)
-        return tf.transpose(out.stack()), total / tf.cast(length, tf.float64)
+        return state, u
+
+    def _window_logp(self, window):
+        state = self._zero_state(tf.shape(window)[0])
+        for j in range(self.maxlen):
+            state = self._step(window[:, j], state)
+        return self._logp(state)
+
+    def _run(self, carry, temperature, u):
+        """len(u[0]) characters per row: their ids and log p (at T = 1), and the carry."""
+        n = tf.shape(u)[1]
+        ids = tf.TensorArray(tf.int32, size=n)
+        logps = tf.TensorArray(tf.float64, size=n)
+        for t in tf.range(n):
+            if self.context_mode == "window":
+                logp = self._window_logp(carry[0])
+            else:
+                logp = self._logp(carry)
+            nxt = sample(logp, temperature, u[:, t], self.top_k, self.top_p)
+            ids = ids.write(t, nxt)
+            logps = logps.write(t, tf.gather(logp, nxt, batch_dims=1))
+            if self.context_mode == "window":
+                carry = (tf.concat([carry[0][:, 1:], nxt[:, None]], axis=1),)
+            else:
+                carry = self._step(nxt, carry)
+        return tf.transpose(ids.stack()), tf.transpose(logps.stack()), carry
 
 
 def split_seeds(rng_seeds: np.ndarray) -> np.ndarray:

@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
            "stateful: the LSTM state carried forward (much faster)")
     a("--top-k", type=int, default=D.top_k,
       help="draw only among the k likeliest characters (0: all)")
+    a("--top-p", type=float, default=D.top_p, metavar="P",
+      help="nucleus sampling: draw only among the likeliest characters whose probability "
+           "(after temperature and top-k) first reaches P (default 1: all)")
     a("--rng-seed", type=int, default=D.rng_seed,
       help="base of every sample's own RNG seed (default %(default)s)")
     a("--concurrency", type=int, default=D.concurrency,

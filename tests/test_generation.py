@@ -8,6 +8,8 @@ import itertools
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -22,9 +24,10 @@ from charlm.model import build_model, compile_model, split_xy
 from charlm.windows import holdout_start, windows
 from jobs import generate as job
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLUMNS = ["run_id", "created_at", "checkpoint", "checkpoint_epoch", "corpus", "seed_text",
-           "temperature", "sample_index", "rng_seed", "context_mode", "top_k", "length",
-           "text", "mean_logprob", "seconds"]
+           "temperature", "sample_index", "rng_seed", "context_mode", "top_k", "top_p", "length",
+           "text", "mean_logprob", "seconds", "generated_at"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -89,9 +92,11 @@ def test_output_schema_and_every_request_present(first, run_dir, corpus, capsys)
     path, df = first
     assert list(df.columns) == COLUMNS
     assert str(df["created_at"].dtype) == "datetime64[us, UTC]"
+    assert str(df["generated_at"].dtype) == "datetime64[us, UTC]"
+    assert (df["generated_at"] > df["created_at"]).all()
     for column in ("checkpoint_epoch", "sample_index", "rng_seed", "top_k", "length"):
         assert df[column].dtype == np.int64
-    for column in ("temperature", "mean_logprob", "seconds"):
+    for column in ("temperature", "top_p", "mean_logprob", "seconds"):
         assert df[column].dtype == np.float64
     assert df["run_id"].nunique() == 1
     assert set(df["checkpoint"]) == {os.path.join(run_dir, "checkpoint_epoch_0001")}
@@ -108,7 +113,7 @@ def test_output_schema_and_every_request_present(first, run_dir, corpus, capsys)
     assert len(df) == len(keys) == 30
 
     assert (df["text"].str.len() == 24).all() and (df["length"] == 24).all()
-    assert set(df["context_mode"]) == {"window"}
+    assert set(df["context_mode"]) == {"window"} and set(df["top_p"]) == {1.0}
     assert (df["mean_logprob"] < 0).all() and (df["seconds"] > 0).all()
     greedy = df[df.temperature == 0].groupby("seed_text")["text"].nunique()
     assert (greedy == 1).all()  # T = 0: every sample of a seed is the argmax path
@@ -132,14 +137,15 @@ def test_same_texts_whatever_the_batches_and_actors(first, run_dir):
     assert leftovers(path) == [os.path.basename(path)]
 
 
-def test_stateful_mode_with_top_k(run_dir, tmp_path, capsys):
+def test_stateful_mode_with_top_k_and_top_p(run_dir, tmp_path, capsys):
     out = tmp_path / "stateful"
     path = run_job("--checkpoint", run_dir, "--seed", "def f(x):", "--seed", "a",
                    "--temperatures", "1.0", "--length", 50, "--context-mode", "stateful",
-                   "--top-k", 3, "--output", out)
+                   "--top-k", 3, "--top-p", 0.8, "--output", out)
     df = pd.read_parquet(path)
     assert df["seed_text"].tolist() == ["def f(x):", "a"]  # explicit seeds only
     assert set(df["context_mode"]) == {"stateful"} and set(df["top_k"]) == {3}
+    assert set(df["top_p"]) == {0.8}
     assert (df["text"].str.len() == 50).all()
     assert f"wrote 2 samples to {out}" in capsys.readouterr().out
 
@@ -154,14 +160,13 @@ def test_refuses_an_existing_output(first, run_dir, capsys):
     assert {f: os.path.getmtime(os.path.join(path, f)) for f in os.listdir(path)} == mtimes
 
 
-def test_failure_mid_job_leaves_nothing(run_dir, tmp_path, monkeypatch):
-    """The checkpoint passes the driver's check but the actors cannot load it."""
+def test_failure_mid_job_leaves_nothing(run_dir, tmp_path):
+    """The checkpoint passes the driver's check (its charlm.json) but the actors
+    cannot load its weights."""
     broken = tmp_path / "broken"
     shutil.copytree(os.path.join(run_dir, "checkpoint_epoch_0001"), broken)
     data = next(broken.glob("state.data-*"))
     data.write_bytes(data.read_bytes()[:100])
-    good = generation.load_checkpoint(os.path.join(run_dir, "checkpoint_epoch_0001"))
-    monkeypatch.setattr(generation, "load_checkpoint", lambda uri: good)  # driver only
     out = tmp_path / "out"
     with pytest.raises(Exception, match="cannot be loaded"):
         run_job("--checkpoint", broken, "--length", 10, "--output", out)
@@ -179,6 +184,7 @@ def _write(path, text) -> str:
     ("unknown characters", "outside the model's vocabulary: '€' '☃'"),
     ("empty seeds file", "holds no seed"),
     ("length 0", "--length is 0"),
+    ("top-p 0", "--top-p is 0.0"),
     ("temperature not a number", "'warm' is not a number"),
     ("negative temperature", "-0.5 is not allowed"),
     ("no temperature", "lists no temperature"),
@@ -203,6 +209,7 @@ def test_bad_input_is_one_line_and_writes_nothing(case, message, run_dir, tmp_pa
         "unknown characters": ["--seed", "snow☃man €5"],
         "empty seeds file": ["--seeds-file", _write(tmp_path / "seeds.txt", "\n  \n")],
         "length 0": ["--length", 0],
+        "top-p 0": ["--top-p", 0],
         "temperature not a number": ["--temperatures", "0.5,warm"],
         "negative temperature": ["--temperatures", "1,-0.5"],
         "no temperature": ["--temperatures", " , "],
@@ -236,3 +243,150 @@ def test_seeds_are_distinct_and_in_order(run_dir, corpus):
     seeds = collect_seeds(options, meta)
     assert seeds[:3] == [corpus.text[:12], "b", "a"]
     assert len(seeds) == len(set(seeds)) > 100
+
+
+def test_quick_sampler_streams_the_jobs_text_without_ray(first, run_dir):
+    """jobs.sample in a fresh process: the same text as the job's row for the same
+    request (seed, temperature, sample index, --rng-seed), and Ray never imported."""
+    path, df = first
+    rows = df[(df.sample_index == 1) & (df.temperature == 1.0)].tail(1)
+    for row in rows.itertuples():
+        code = ("import sys; from jobs import sample; sample.main(sys.argv[1:]); "
+                "assert 'ray' not in sys.modules, 'imported ray'")
+        argv = ["--checkpoint", run_dir, "--prime", row.seed_text,
+                "--temperature", row.temperature, "--length", 24, "--sample-index", 1]
+        done = subprocess.run([sys.executable, "-c", code, *map(str, argv)],
+                              capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": ROOT})
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == row.seed_text + row.text + "\n"
+        assert f"rng_seed {row.rng_seed})" in done.stderr
+
+
+def test_quick_sampler_bad_input_is_one_line(run_dir, capsys):
+    from jobs import sample
+
+    for argv, message in ((["--prime", "snow☃"], "outside the model's vocabulary"),
+                          (["--prime", "the", "--top-p", "1.5"], "--top-p is 1.5"),
+                          (["--prime", "the", "--temperature", "-1"], "--temperature is -1.0")):
+        with pytest.raises(SystemExit) as exit_:
+            sample.main(["--checkpoint", run_dir, *argv])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and message in err, err
+
+
+LOAD_WITHOUT_CHARLM = """
+import json, sys
+class NoCharlm:  # the venv has charlm installed (editable): make it unimportable
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("charlm", "jobs"):
+            raise ImportError("charlm is not installed here")
+sys.meta_path.insert(0, NoCharlm())
+import tensorflow as tf
+requests = json.load(sys.stdin)
+generate = tf.saved_model.load(sys.argv[1]).signatures["generate"]
+out = generate(seed=tf.constant(requests["seed"]),
+               temperature=tf.constant(requests["temperature"], tf.float64),
+               length=tf.constant(requests["length"], tf.int32),
+               rng_seed=tf.constant(requests["rng_seed"], tf.int64))
+assert not any(m.startswith("charlm") for m in sys.modules)
+print(json.dumps({"text": [t.decode() for t in out["text"].numpy()],
+                  "mean_logprob": out["mean_logprob"].numpy().tolist()}))
+"""
+
+
+def load_exported(path, rows: pd.DataFrame, lengths: list[int], cwd) -> dict:
+    """Run the SavedModel's generate signature in `python -I` without charlm."""
+    requests = {"seed": rows["seed_text"].tolist(), "temperature": rows["temperature"].tolist(),
+                "length": lengths, "rng_seed": [int(s) for s in rows["rng_seed"]]}
+    done = subprocess.run([sys.executable, "-I", "-c", LOAD_WITHOUT_CHARLM, str(path)],
+                          input=json.dumps(requests), capture_output=True, text=True,
+                          timeout=300, cwd=cwd, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_exported_model_gives_the_jobs_text_without_charlm(first, run_dir, tmp_path, capsys):
+    """jobs.export → SavedModel; loaded in a process that cannot import charlm, its
+    generate signature returns the job's text for each request (rng_seed from the
+    Parquet output), in one batch with mixed lengths (a shorter one is a prefix)."""
+    from jobs import export
+
+    path, df = first
+    out = tmp_path / "model"
+    export.main(["--checkpoint", run_dir, "--output", str(out)])
+    assert f"to {out}" in capsys.readouterr().out
+    assert (out / "saved_model.pb").is_file() and leftovers(out) == ["model"]
+    # Seeds are normalised in the graph as jobs.generate normalises them.
+    rows = pd.concat([df, df.head(1).assign(seed_text=df["seed_text"][0].upper())])
+    lengths = [24 if i % 3 else 10 for i in range(len(rows))]
+    got = load_exported(out, rows, lengths, tmp_path)
+    assert got["text"] == [t[:n] for t, n in zip(rows["text"], lengths, strict=True)]
+    full = np.array(lengths) == 24
+    np.testing.assert_allclose(np.array(got["mean_logprob"])[full], rows["mean_logprob"][full],
+                               atol=1e-9)
+
+
+def test_export_to_s3(first, run_dir, tmp_path, monkeypatch):
+    """An s3:// output through a real S3-compatible server: the whole SavedModel
+    arrives, nothing is left beside it, and it loads and generates the job's text."""
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    from jobs import export
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test",
+                           "AWS_SECRET_ACCESS_KEY": "test",
+                           "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(key, value)
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="models")
+        export.main(["--checkpoint", run_dir, "--output", "s3://models/charlm/v1"])
+        fs, _ = pafs.FileSystem.from_uri("s3://models/charlm")
+        names = {i.path for i in fs.get_file_info(pafs.FileSelector("models", recursive=True))}
+        assert "models/charlm/v1/saved_model.pb" in names
+        assert "models/charlm/v1/assets.extra/charlm.json" in names
+        assert not [n for n in names if ".tmp-" in n]
+        local = tmp_path / "v1"
+        pafs.copy_files("models/charlm/v1", str(local), source_filesystem=fs,
+                        destination_filesystem=pafs.LocalFileSystem())
+    finally:
+        server.stop()
+    path, df = first
+    rows = df.head(3)
+    assert load_exported(local, rows, [24] * 3, tmp_path)["text"] == rows["text"].tolist()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--top-p", "0"], "--top-p is 0.0"),
+    (["--top-k", "-1"], "--top-k is -1"),
+    (["--checkpoint", "/nonexistent/run"], "does not exist"),
+])
+def test_export_bad_input_is_one_line_and_writes_nothing(argv, message, run_dir, tmp_path,
+                                                         capsys):
+    from jobs import export
+
+    out = tmp_path / "model"
+    with pytest.raises(SystemExit) as exit_:
+        export.main(["--checkpoint", run_dir, "--output", str(out), *argv])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err, err
+    assert leftovers(out) == []
+
+
+def test_export_refuses_an_existing_output(run_dir, tmp_path, capsys):
+    from jobs import export
+
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "keep").write_text("x")
+    with pytest.raises(SystemExit) as exit_:
+        export.main(["--checkpoint", run_dir, "--output", str(out)])
+    assert exit_.value.code == 2 and "already exists" in capsys.readouterr().err
+    assert os.listdir(out) == ["keep"]

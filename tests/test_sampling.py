@@ -30,9 +30,9 @@ def model():
     return tiny_model()
 
 
-def draw(logp, temperature, uniform, top_k=0) -> np.ndarray:
+def draw(logp, temperature, uniform, top_k=0, top_p=1.0) -> np.ndarray:
     return sample(tf.constant(logp, tf.float64), tf.constant(temperature, tf.float64),
-                  tf.constant(uniform, tf.float64), top_k).numpy()
+                  tf.constant(uniform, tf.float64), top_k, top_p).numpy()
 
 
 def test_zero_temperature_is_greedy():
@@ -62,6 +62,79 @@ def test_top_k_never_draws_outside_the_top_k():
     top3 = np.argsort(-logp, axis=-1)[:, :3]
     assert all(g in row for g, row in zip(got, top3, strict=True))
     assert len(set(got)) > 3  # still a draw, not a fixed pick
+
+
+def test_top_k_keeps_exactly_k_when_probabilities_tie():
+    """Ties at the k-th place are broken by the lower id: k characters, not more."""
+    p = np.array([0.2, 0.1, 0.2, 0.2, 0.2, 0.1] + [0] * (V - 6)) + 1e-12
+    n = 3000
+    got = draw(np.tile(np.log(p / p.sum()), (n, 1)), np.ones(n),
+               np.random.default_rng(5).random(n), top_k=2)
+    assert set(got) == {0, 2}
+
+
+def nucleus(p: np.ndarray, top_p: float) -> np.ndarray:
+    """Reference: the smallest set of the likeliest whose mass reaches top_p, renormalised."""
+    order = np.argsort(-p, kind="stable")
+    keep = order[:int(np.searchsorted(np.cumsum(p[order]), top_p)) + 1]
+    q = np.zeros_like(p)
+    q[keep] = p[keep]
+    return q / q.sum()
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, 0, 0.5), (1.0, 0, 0.8),
+                                                       (0.5, 0, 0.9), (1.0, 3, 0.75)])
+def test_top_p_draws_from_the_nucleus(temperature, top_k, top_p):
+    p = np.array([0.35, 0.25, 0.15, 0.1, 0.06, 0.04, 0.03, 0.02, 0, 0, 0, 0]) + 1e-9
+    p /= p.sum()
+    n = 40_000
+    got = draw(np.tile(np.log(p), (n, 1)), np.full(n, temperature),
+               np.random.default_rng(8).random(n), top_k, top_p)
+    scaled = p ** (1 / temperature) / (p ** (1 / temperature)).sum()
+    if top_k:
+        scaled[np.argsort(-scaled, kind="stable")[top_k:]] = 0
+        scaled /= scaled.sum()
+    expected = nucleus(scaled, top_p)
+    assert (expected > 0).sum() < (scaled > 0).sum()  # the nucleus cuts something here
+    freq = np.bincount(got, minlength=V) / n
+    assert set(got) == set(np.flatnonzero(expected))
+    sigma = np.sqrt(expected * (1 - expected) / n)
+    assert np.all(np.abs(freq - expected) <= 5 * sigma + 1e-4), (freq, expected)
+
+
+def test_top_p_keeps_at_least_the_likeliest():
+    logp = np.log(np.random.default_rng(9).dirichlet(np.ones(V), 500))
+    got = draw(logp, np.ones(500), np.random.default_rng(10).random(500), top_p=1e-6)
+    np.testing.assert_array_equal(got, logp.argmax(-1))
+
+
+def test_weights_read_from_the_checkpoint_are_the_models(model, tmp_path):
+    """Generation reads weights without building a Keras model: the same tensors."""
+    from charlm import checkpoint
+    from charlm.sampling import weights_from_checkpoint
+
+    two = tiny_model(layers=2, dropout=0.2)
+    two.compile(optimizer="rmsprop", loss="sparse_categorical_crossentropy")
+    checkpoint.save(str(tmp_path), two, {})
+    got = weights_from_checkpoint(str(tmp_path / checkpoint.STATE), layers=2)
+    want = weights_from_model(two)
+    for a, b in zip(tf.nest.flatten((got.lstm, got.dense)),
+                    tf.nest.flatten((want.lstm, want.dense)), strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.parametrize("mode", ["window", "stateful"])
+def test_streaming_gives_the_batch_text(model, mode):
+    """The quick sampler's character-at-a-time path equals a batch job's rows."""
+    rng = np.random.default_rng(11)
+    seeds = [rng.integers(0, V, n) for n in (3, MAXLEN + 4, MAXLEN)]
+    temperature, rng_seeds = np.array([0.5, 1.0, 1.3]), rng.integers(0, 2 ** 63 - 1, 3)
+    generate = Generator(weights_from_model(model), MAXLEN, mode, top_k=6, top_p=0.9)
+    ids, logp = generate(seeds, temperature, rng_seeds, 30)
+    for i in range(3):
+        streamed = list(generate.stream(seeds[i], temperature[i], rng_seeds[i], 30))
+        assert [c for c, _ in streamed] == ids[i].tolist()
+        assert np.mean([lp for _, lp in streamed]) == pytest.approx(logp[i], abs=1e-12)
 
 
 def seed_loop(model: tf.keras.Model, seed: list[int], length: int) -> tuple[list[int], float]:
@@ -108,7 +181,7 @@ def test_a_row_does_not_depend_on_its_batch(model, mode):
     seeds = [rng.integers(0, V, n) for n in rng.integers(1, 2 * MAXLEN, rows)]
     temperature = np.resize([0.0, 0.5, 1.0, 1.5], rows)
     rng_seeds = rng.integers(0, 2 ** 63 - 1, rows)
-    generate = Generator(weights_from_model(model), MAXLEN, mode, top_k=5)
+    generate = Generator(weights_from_model(model), MAXLEN, mode, top_k=5, top_p=0.95)
     ids, logp = generate(seeds, temperature, rng_seeds, 25)
     order = rng.permutation(rows)
     shuffled, shuffled_logp = generate([seeds[i] for i in order], temperature[order],
