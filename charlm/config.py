@@ -14,6 +14,8 @@ from charlm.errors import CharlmError
 VAL_MAXLEN = 40
 VAL_STEP = 3
 
+OPTIMIZERS = ("rmsprop", "adam")
+
 
 @dataclass
 class TrainConfig:
@@ -46,6 +48,11 @@ class TrainConfig:
     sample_every: int = 0  # print seed-style samples every N epochs (0: never)
     seed: int = 0
     verbose: bool = False
+    optimizer: str = "rmsprop"  # or "adam"
+    # Clip the whole gradient (all tensors together, after the all-reduce and
+    # the micro-batch sum) to this norm; `clipnorm` clips each tensor alone.
+    global_clipnorm: float | None = None
+    warmup_steps: int = 0  # linear warm-up from 0 to the learning rate, then the schedule
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -81,6 +88,18 @@ class TrainConfig:
                               "use 'constant' or 'cosine'")
         if not 0.0 <= self.dropout < 1.0:
             raise CharlmError(f"--dropout is {self.dropout}; use a value in [0, 1)")
+        if self.optimizer not in OPTIMIZERS:
+            raise CharlmError(f"--optimizer {self.optimizer!r} is unknown; "
+                              f"use {' or '.join(map(repr, OPTIMIZERS))}")
+        if self.clipnorm is not None and self.global_clipnorm is not None:
+            raise CharlmError("--clipnorm and --global-clipnorm are both set; "
+                              "use one (global: the whole gradient, clipnorm: each tensor)")
+        for flag, value in (("--clipnorm", self.clipnorm),
+                            ("--global-clipnorm", self.global_clipnorm)):
+            if value is not None and value <= 0:
+                raise CharlmError(f"{flag} is {value}; use a positive norm, or leave it out")
+        if self.warmup_steps < 0:
+            raise CharlmError(f"--warmup-steps is {self.warmup_steps}; use 0 or more")
 
 
 # The fast recipe predicts every position of non-overlapping 64-character
@@ -97,6 +116,9 @@ PRESETS: dict[str, dict] = {
     # A few minutes on a 2-core CPU that still shows learning.
     "quick": {**_FAST, "epochs": 6},
     "fast": {**_FAST, "epochs": 80},
+    "gpu": {"objective": "all", "maxlen": 64, "step": 4, "batch_size": 1024, "optimizer": "adam",
+            "learning_rate": 0.01, "lr_schedule": "cosine", "global_clipnorm": 1.0,
+            "dropout": 0.1, "epochs": 15},
 }
 
 
