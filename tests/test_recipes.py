@@ -85,7 +85,7 @@ def test_clipnorm_and_global_clipnorm_are_exclusive_and_flags_reach_the_config()
     assert config.global_clipnorm == 2.0 and config.optimizer == "adam"
 
 
-@pytest.mark.parametrize("preset", ["gpu"])
+@pytest.mark.parametrize("preset", ["gpu", "quality"])
 def test_preset_builds_and_takes_a_micro_batched_step_on_cpu(preset):
     """The gpu preset's whole batch of 1,024 sequences, on a CPU: computed in
     slices of micro_batch, one optimizer step (the quality preset: one batch)."""
