@@ -15,6 +15,8 @@ VAL_MAXLEN = 40
 VAL_STEP = 3
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK")
 
+OPTIMIZERS = ("rmsprop", "adam")
+
 
 @dataclass
 class TrainConfig:
@@ -54,6 +56,11 @@ class TrainConfig:
     verbose: bool = False
     patience: int = 0  # stop after this many epochs without a better val_loss (0: never)
     init_from: str | None = None  # fine-tune: start from this checkpoint's (or run's best) weights
+    optimizer: str = "rmsprop"  # or "adam"
+    # Clip the whole gradient (all tensors together, after the all-reduce and
+    # the micro-batch sum) to this norm; `clipnorm` clips each tensor alone.
+    global_clipnorm: float | None = None
+    warmup_steps: int = 0  # linear warm-up from 0 to the learning rate, then the schedule
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -98,6 +105,18 @@ class TrainConfig:
         if self.patience < 0:
             raise CharlmError(f"--patience is {self.patience}; use 0 (never stop early) "
                               "or a number of epochs")
+        if self.optimizer not in OPTIMIZERS:
+            raise CharlmError(f"--optimizer {self.optimizer!r} is unknown; "
+                              f"use {' or '.join(map(repr, OPTIMIZERS))}")
+        if self.clipnorm is not None and self.global_clipnorm is not None:
+            raise CharlmError("--clipnorm and --global-clipnorm are both set; "
+                              "use one (global: the whole gradient, clipnorm: each tensor)")
+        for flag, value in (("--clipnorm", self.clipnorm),
+                            ("--global-clipnorm", self.global_clipnorm)):
+            if value is not None and value <= 0:
+                raise CharlmError(f"{flag} is {value}; use a positive norm, or leave it out")
+        if self.warmup_steps < 0:
+            raise CharlmError(f"--warmup-steps is {self.warmup_steps}; use 0 or more")
 
 
 # The fast recipe predicts every position of non-overlapping 64-character
@@ -114,6 +133,20 @@ PRESETS: dict[str, dict] = {
     # A few minutes on a 2-core CPU that still shows learning.
     "quick": {**_FAST, "epochs": 6},
     "fast": {**_FAST, "epochs": 80},
+    # Fewest optimizer steps at a GPU-sized batch: on a GPU a step over 1,024
+    # sequences costs about what one over 64 does, so time is steps. Adam
+    # with cosine decay and global-norm clipping (the PyTorch reference's
+    # recipe) reached held-out 1.41 by step 990 (benchmarks/recipes.py).
+    # The batch is global: W workers each take 1,024 / W of the same step,
+    # so the rate and the per-step curve do not change with W. Windows every
+    # 4 characters make an epoch 132 steps, so held-out scoring and
+    # checkpoints come every 132 steps (15 per run), not every 8.
+    "gpu": {"objective": "all", "maxlen": 64, "step": 4, "batch_size": 1024, "optimizer": "adam",
+            "learning_rate": 0.01, "lr_schedule": "cosine", "global_clipnorm": 1.0,
+            "dropout": 0.1, "epochs": 15},
+    # Held-out loss within the seed recipe's own 20-epoch time on a CPU: the
+    # fast recipe at twice the width, with more dropout for the larger model.
+    "quality": {**_FAST, "units": 256, "dropout": 0.4, "learning_rate": 0.015, "epochs": 40},
 }
 
 

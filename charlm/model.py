@@ -96,14 +96,29 @@ def build_model(config: TrainConfig, vocab_size: int,
 STEPS_PER_EXECUTION = 16
 
 
+def learning_rate(config: TrainConfig, total_steps: int = 1):
+    """The rate, or its schedule over the run's total_steps: `cosine` decays
+    to 1/20 by the end (the fast preset); `warmup_steps` first rise linearly
+    from 0 to the rate (a constant rate is a cosine with nothing to decay)."""
+    rate, warmup = config.learning_rate, config.warmup_steps
+    cosine = config.lr_schedule == "cosine"
+    if not warmup and not cosine:
+        return rate
+    return tf.keras.optimizers.schedules.CosineDecay(
+        0.0 if warmup else rate, max(total_steps - warmup, 1), alpha=0.05 if cosine else 1.0,
+        warmup_target=rate if warmup else None, warmup_steps=warmup)
+
+
 def compile_model(model: CharLM, config: TrainConfig, total_steps: int = 1) -> None:
-    """RMSprop as the seed; `cosine` decays the rate to 1/20 over the run's
-    total_steps (the fast preset). Batches are sliced on CPU workers only."""
+    """RMSprop as the seed, or Adam. Clipping happens in the optimizer's
+    apply_gradients, after tf-keras has all-reduced the gradients across
+    workers and after CharLM.train_step has summed its slices, so
+    `global_clipnorm` clips the whole step's gradient. Batches are sliced on
+    CPU workers only."""
     model.micro_batch = None if config.use_gpu else config.micro_batch
-    rate = config.learning_rate
-    if config.lr_schedule == "cosine":
-        rate = tf.keras.optimizers.schedules.CosineDecay(rate, total_steps, alpha=0.05)
-    optimizer = tf.keras.optimizers.RMSprop(learning_rate=rate, clipnorm=config.clipnorm)
+    optimizer = {"rmsprop": tf.keras.optimizers.RMSprop, "adam": tf.keras.optimizers.Adam}[
+        config.optimizer](learning_rate=learning_rate(config, total_steps),
+                          clipnorm=config.clipnorm, global_clipnorm=config.global_clipnorm)
     model.compile(optimizer=optimizer, loss=tf.keras.losses.SparseCategoricalCrossentropy(),
                   steps_per_execution=STEPS_PER_EXECUTION if config.num_workers > 1 else 1)
 

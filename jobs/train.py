@@ -24,10 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--units", type=int, help="LSTM units per layer (seed: 128)")
     a("--layers", type=int, help="LSTM layers (seed: 1)")
     a("--dropout", type=float, help="dropout on each LSTM layer's output")
-    a("--learning-rate", type=float, help="RMSprop learning rate (seed: 0.01)")
+    a("--learning-rate", type=float, help="peak learning rate (seed: 0.01)")
     a("--lr-schedule", choices=["constant", "cosine"],
       help="constant (seed) or cosine decay to 1/20 over the run")
-    a("--clipnorm", type=float, help="clip each gradient to this norm")
+    a("--clipnorm", type=float, help="clip each gradient tensor to this norm")
     a("--batch-size", type=int, help="global batch, split across workers (seed: 1024)")
     a("--micro-batch", type=int,
       help="CPU: compute each worker's batch in slices of at most this many windows, "
@@ -56,6 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="stop after N epochs without a better val_loss (default 0: never)")
     a("--init-from", metavar="CHECKPOINT",
       help="fine-tune: start from this checkpoint's weights (a run: its best) on --corpus")
+    a("--optimizer", choices=["rmsprop", "adam"], help="rmsprop (seed) or adam")
+    a("--global-clipnorm", type=float,
+      help="clip the whole gradient (all tensors, after the all-reduce) to this norm")
+    a("--warmup-steps", type=int, help="linear warm-up from 0 to the learning rate (default 0)")
 
 
 def config_from(args: argparse.Namespace) -> TrainConfig:
