@@ -84,7 +84,11 @@ def build_model(config: TrainConfig, vocab_size: int,
         x = tf.keras.layers.LSTM(config.units, return_sequences=sequences or not last_layer,
                                  name=f"lstm_{i}")(x)
         if config.dropout:
-            x = tf.keras.layers.Dropout(config.dropout, name=f"dropout_{i}")(x)
+            # A tf.random.Generator ("stateful"), seeded by set_random_seed:
+            # its state is a variable, saved in checkpoints, so a resumed run
+            # draws the masks the uninterrupted run would have.
+            x = tf.keras.layers.Dropout(config.dropout, rng_type="stateful",
+                                        name=f"dropout_{i}")(x)
     probs = tf.keras.layers.Dense(vocab_size, activation="softmax", name="next_char")(x)
     return CharLM(ids, probs, name="charlm")
 
