@@ -24,7 +24,8 @@ def numbered_parts(lengths):
     """Parts whose ids are their global character positions: a window's first
     id names its part and offset, and a window crossing a part would show."""
     bounds = np.concatenate([[0], np.cumsum(lengths)])
-    return [np.arange(lo, hi, dtype=np.int32) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    return [np.arange(lo, hi, dtype=np.int32)
+            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def all_windows(parts):
