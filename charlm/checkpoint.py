@@ -2,7 +2,7 @@
 
 A checkpoint is a directory holding `charlm.json` (vocabulary, training
 config, epoch, corpus used, metrics) and a TensorFlow object checkpoint
-`state.*` (weights and optimizer slots). Runs live under
+`state.*` (weights, optimizer slots and step, dropout's generator states). Runs live under
 `<storage_path>/<name>/`, one `checkpoint_*` directory per epoch, as Ray Train
 lays them out.
 """
@@ -27,7 +27,10 @@ STATE = "state"
 def save(directory: str, model, meta: dict) -> None:
     import tensorflow as tf
 
-    tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(
+    from charlm.model import dropout_generators
+
+    tf.train.Checkpoint(model=model, optimizer=model.optimizer,
+                        rng=tf.train.Checkpoint(**dropout_generators(model))).write(
         os.path.join(directory, STATE))
     with open(os.path.join(directory, META), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1)
@@ -48,6 +51,13 @@ def restore(directory: str, model, with_optimizer: bool = True) -> None:
     status = tf.train.Checkpoint(**objects).read(os.path.join(directory, STATE))
     status.expect_partial()
     status.assert_existing_objects_matched()
+    if with_optimizer:
+        # Resuming training: dropout's generators too (absent from older
+        # checkpoints, which then resume with fresh ones).
+        from charlm.model import dropout_generators
+
+        tf.train.Checkpoint(rng=tf.train.Checkpoint(**dropout_generators(model))).read(
+            os.path.join(directory, STATE)).expect_partial()
 
 
 def read_meta(directory: str) -> dict:

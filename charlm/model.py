@@ -84,9 +84,23 @@ def build_model(config: TrainConfig, vocab_size: int,
         x = tf.keras.layers.LSTM(config.units, return_sequences=sequences or not last_layer,
                                  name=f"lstm_{i}")(x)
         if config.dropout:
-            x = tf.keras.layers.Dropout(config.dropout, name=f"dropout_{i}")(x)
+            # A tf.random.Generator ("stateful"), seeded by set_random_seed,
+            # whose state checkpoints save (dropout_generators): a resumed run
+            # draws the masks the uninterrupted run would have.
+            x = tf.keras.layers.Dropout(config.dropout, rng_type="stateful",
+                                        name=f"dropout_{i}")(x)
     probs = tf.keras.layers.Dense(vocab_size, activation="softmax", name="next_char")(x)
     return CharLM(ids, probs, name="charlm")
+
+
+def dropout_generators(model: tf.keras.Model) -> dict[str, tf.random.Generator]:
+    """Each dropout layer's random generator, by layer name. tf-keras keeps it
+    out of layer.weights and checkpoints on purpose (backward compatibility
+    of its own format), so checkpoint.save adds it; it is reached through the
+    layer's private `_random_generator`, pinned tf-keras 2.21."""
+    return {layer.name: layer._random_generator._generator for layer in model.layers
+            if isinstance(layer, tf.keras.layers.Dropout)
+            and getattr(layer._random_generator, "_generator", None) is not None}
 
 
 # Train steps per call into TensorFlow when several workers train: the loss

@@ -2,13 +2,14 @@
 MultiWorkerMirroredStrategy (when there are several), each worker reading its
 own shard of the windows.
 
-Flow: corpus → windows (one Ray Data stream per run) → shards → one Keras fit
-for the run → at each epoch's end, a checkpoint + metrics reported to Ray Train.
+Flow: corpus → windows (one Ray Data stream per worker, charlm.stream) → one
+Keras fit for the run → at each epoch's end, a checkpoint + metrics reported to
+Ray Train. --seed seeds the data order, weight initialisation and dropout.
 """
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
 import os
 import tempfile
 import time
@@ -28,34 +29,40 @@ from charlm.metrics import (
     epoch_line,
     read_history,
 )
-from charlm.windows import split, training_stream, window_count, windows
+from charlm.stream import Plan, round_batch, tf_input, worker_stream
+from charlm.windows import split, windows
 
 # Gradients per all-reduce: the seed model's are 0.4 MB, so one pack per step.
 ALL_REDUCE_PACK = 32 << 20
 
 
-def steps_per_epoch(n_windows: int, config: TrainConfig) -> int:
-    """Identical on every worker: unequal step counts hang the all-reduce."""
-    per_worker = config.batch_size // config.num_workers
-    steps = (n_windows // config.num_workers) // per_worker
-    return min(steps, config.max_steps) if config.max_steps else steps
+def make_plan(lengths: list[int], config: TrainConfig) -> Plan:
+    """The data plan, identical on every worker (unequal step counts hang the
+    all-reduce). config.batch_size must already be a multiple of the workers."""
+    return Plan(lengths=tuple(lengths), maxlen=config.maxlen, step=config.step,
+                batch_size=config.batch_size, num_workers=config.num_workers,
+                seed=config.seed, max_steps=config.max_steps)
 
 
 def train_loop(loop_config: dict) -> None:
     """Runs inside each Ray Train worker."""
     import ray
+    import ray.data
     import ray.train
 
     config = TrainConfig.from_dict(loop_config["config"])
     runtime.quiet_worker(config.verbose)
     import tensorflow as tf
 
-    from charlm.model import build_model, compile_model, held_out_scorer, split_xy, without_autotune
+    from charlm.model import build_model, compile_model, held_out_scorer
 
     runtime.set_training_threads(loop_config["threads"])
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     runtime.check_gpu(config.use_gpu, f"training worker {rank}", announce=rank == 0)
+    # Weight initialisation (identical on every worker; MWMS also broadcasts
+    # the chief's) and dropout's generator, whose state is checkpointed.
+    tf.keras.utils.set_random_seed(config.seed)
     # One worker has nothing to all-reduce: skip the collective runtime (its
     # gRPC server, threads and per-step overhead). Several all-reduce their
     # gradients packed into one collective per step, not one per variable.
@@ -87,24 +94,13 @@ def train_loop(loop_config: dict) -> None:
         stopper = stopping.EarlyStopping(config.patience, [
             r for r in read_history(loop_config["run_dir"]) if r["epoch"] < start_epoch])
     score = held_out_scorer(model)
-    steps = loop_config["steps"]
-    per_worker = config.batch_size // config.num_workers
-    shard = ray.train.get_dataset_shard("train")
-    spec = tf.TensorSpec(shape=(per_worker, config.maxlen + 1), dtype=tf.int32)
-
-    def batches():
-        # One stream for the whole run: each epoch takes its `steps` batches.
-        stream = shard.iter_batches(batch_size=per_worker, drop_last=True,
-                                    batch_format="numpy", prefetch_batches=2)
-        for batch in itertools.islice(stream, steps * (config.epochs - start_epoch + 1)):
-            yield batch["window"].astype(np.int32)
-
-    def run_data(_input_context):
-        # Batches are per worker already: datasets from a function are not
-        # rebatched by the strategy (a plain dataset would be split W ways).
-        return without_autotune(tf.data.Dataset.from_generator(batches, output_signature=spec)
-                                .map(lambda w: split_xy(w, config.objective))
-                                .prefetch(2))
+    plan = make_plan(loop_config["part_lengths"], config)
+    steps, per_worker = plan.steps, plan.per_worker
+    # This worker's windows from the epoch it starts at, in order: one stream
+    # for the rest of the run, `steps` batches per epoch.
+    ray.data.DataContext.get_current().enable_progress_bars = config.verbose
+    run_data = tf_input(worker_stream(loop_config["parts"], plan, rank, start_epoch,
+                                      config.epochs), plan, config.objective)
 
     started = 0.0
 
@@ -198,11 +194,17 @@ def train(config: TrainConfig) -> str:
 
     job_started = psutil.Process().create_time()  # whole job: imports and Ray start-up too
     config.validate()
+    batch = round_batch(config.batch_size, config.num_workers)
+    if batch != config.batch_size:
+        print(f"note: --batch-size {config.batch_size} is not a multiple of "
+              f"{config.num_workers} workers; training at {batch} "
+              f"({batch // config.num_workers} per worker)", flush=True)
+        config = dataclasses.replace(config, batch_size=batch)
     corpus = load_corpus(config.corpus, keep_case=config.keep_case,
                          keep_newlines=config.keep_newlines, min_chars=config.maxlen + 1)
     train_ids, val_ids = split(corpus.ids, config.val_frac, config.maxlen, VAL_MAXLEN)
-    n_windows = window_count(len(train_ids), config.maxlen, config.step)
-    steps = steps_per_epoch(n_windows, config)
+    plan = make_plan([len(train_ids)], config)
+    n_windows, steps = plan.total, plan.steps
     if steps < 1:
         raise CharlmError(
             f"{n_windows} training windows make no full batch of {config.batch_size} "
@@ -232,6 +234,9 @@ def train(config: TrainConfig) -> str:
         "config": config.to_dict(), "vocab": corpus.vocab, "meta": meta, "steps": steps,
         "threads": cpus, "run_dir": run_dir, "job_started": job_started,
         "seed_ids": train_ids[:config.maxlen].tolist(),
+        # The training text as a list of encoded parts (here one), each put
+        # in the object store once, with their lengths (charlm.stream).
+        "parts": [ray.put(train_ids)], "part_lengths": [len(train_ids)],
         "val_windows": ray.put(windows(val_ids, VAL_MAXLEN, VAL_STEP)),
     }
     trainer = TensorflowTrainer(
@@ -241,8 +246,6 @@ def train(config: TrainConfig) -> str:
             num_workers=config.num_workers, use_gpu=config.use_gpu,
             resources_per_worker={"CPU": cpus, **({"GPU": 1} if config.use_gpu else {})},
             placement_strategy=config.placement_strategy),
-        datasets={"train": training_stream(train_ids, config.maxlen, config.step,
-                                           config.epochs, config.seed)},
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures,

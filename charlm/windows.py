@@ -1,10 +1,8 @@
-"""Windows over the encoded corpus, the held-out split, and the Ray Dataset
-that shards training windows across workers.
+"""Windows over the encoded corpus (the seed's offsets) and the held-out split.
 
-Windows are never materialised as one-hot arrays, nor all at once: the Ray
-Dataset holds window start offsets, and each block gathers its windows of
-maxlen + 1 ids from the encoded corpus (put in the object store once) as it
-streams to the workers.
+Windows are never materialised as one-hot arrays, nor all at once for
+training: charlm.stream gathers each worker's windows of maxlen + 1 ids from
+the encoded corpus as they stream to it.
 """
 
 from __future__ import annotations
@@ -48,40 +46,3 @@ def split(ids: np.ndarray, val_frac: float, maxlen: int,
             f"windows and {val_maxlen}-character held-out windows with --val-frac {val_frac}; "
             "use a longer corpus or a smaller --maxlen")
     return train, val
-
-
-# A prime stride that scatters consecutive row numbers over the whole text, so
-# that every block of rows (and so every batch) samples the whole corpus.
-_STRIDE = 1_000_003
-
-
-class _Gather:
-    """Ray Data UDF: a block of row numbers → its windows. Row r belongs to
-    epoch r // count; each epoch visits every window once, through its own
-    random rotation of a strided order, shuffled again within each block."""
-
-    def __init__(self, ids: np.ndarray, maxlen: int, step: int, count: int, seed: int):
-        self.ids, self.maxlen, self.step, self.count, self.seed = ids, maxlen, step, count, seed
-        self.stride = _STRIDE if count % _STRIDE else _STRIDE + 2  # coprime to count
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = np.random.default_rng([self.seed, int(batch["id"][0])]).permutation(batch["id"])
-        epoch, local = rows // self.count, rows % self.count
-        rotations = np.random.default_rng(self.seed).integers(self.count, size=epoch.max() + 1)
-        order = (local * self.stride + rotations[epoch]) % self.count
-        return {"window": gather(self.ids, order * self.step, self.maxlen)}
-
-
-def training_stream(train_ids: np.ndarray, maxlen: int, step: int, epochs: int, seed: int = 0):
-    """One Ray Dataset holding every epoch's windows, read once per run.
-
-    Re-executing a dataset per epoch makes every worker wait at the split's
-    epoch barrier while the next execution starts; one stream does not, and
-    needs no all-to-all shuffle (whose tasks would take CPU from training)."""
-    import ray.data
-
-    count = window_count(len(train_ids), maxlen, step)
-    rows = count * epochs
-    return (ray.data.range(rows, override_num_blocks=max(4, min(rows // 65_536, 4_000)))
-            .map_batches(_Gather(train_ids, maxlen, step, count, seed), batch_size=None,
-                         batch_format="numpy"))

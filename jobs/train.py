@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="CPU: compute each worker's batch in slices of at most this many windows, "
            "gradients summed (same step, less memory; default 512, 0: whole batches)")
     a("--epochs", type=int, help="epochs (seed: 40)")
-    a("--max-steps", type=int, help="cap on steps per epoch (smoke tests, benchmark slices)")
+    a("--max-steps", type=int, help="cap on steps per epoch (smoke tests, benchmark slices): "
+                                    "an epoch is then the first N batches of its order")
     a("--num-workers", type=int, help="training workers: one per GPU on a cluster (default 1)")
     a("--use-gpu", action="store_true", default=None, help="one GPU per worker")
     a("--cpus-per-worker", type=int, help="CPUs (and TF threads) per worker "
@@ -50,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--name", help="run name; rerunning a name resumes it (default: <corpus>-lstm)")
     a("--max-failures", type=int, help="restarts of a worker group that lost a worker")
     a("--sample-every", type=int, help="print seed-style samples every N epochs")
-    a("--seed", type=int, help="random seed")
+    a("--seed", type=int, help="seeds the data order, weight initialisation and dropout "
+                               "(default 0)")
     a("--verbose", action="store_true", default=None, help="show TensorFlow and Ray logs")
     a("--patience", type=int,
       help="stop after N epochs without a better val_loss (default 0: never)")

@@ -1,12 +1,15 @@
-"""Real Ray Train runs on a small corpus: learning, resume, worker failure."""
+"""Real Ray Train runs on a small corpus: learning, resume, worker failure,
+reproducibility from --seed."""
 
 import math
 import os
+import re
 import signal
 import threading
 import time
 from collections import Counter
 
+import numpy as np
 import pandas as pd
 import psutil
 import pytest
@@ -78,40 +81,105 @@ def test_rerun_with_the_same_name_resumes_at_the_next_epoch(ray_local, corpus_fi
 
 
 def _train_workers() -> list[psutil.Process]:
+    """This test run's Ray Train workers (descendants of this process, whose
+    embedded Ray started them), never another run's on the same machine."""
     procs = []
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if "RayTrainWorker" in cmd:
-            procs.append(p)
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(p.cmdline()):
+                procs.append(p)
+        except psutil.Error:
+            pass
     return procs
 
 
-def test_a_killed_worker_is_replaced_and_training_resumes(ray_local, corpus_file, tmp_path,
-                                                         capfd):
-    config = make_config(None, corpus=corpus_file, num_workers=2, epochs=4, max_failures=1,
-                         storage_path=str(tmp_path), name="killed", **TINY)
+def _registered(run_dir: str, epoch: int) -> bool:
+    """Ray Train's controller has persisted epoch's checkpoint (a checkpoint
+    directory alone can be on disk before that): a restart resumes from it."""
+    snapshot = os.path.join(run_dir, "checkpoint_manager_snapshot.json")
+    return os.path.exists(snapshot) and f"checkpoint_epoch_{epoch:04d}" in open(snapshot).read()
+
+
+def _start(config) -> tuple[threading.Thread, dict]:
     result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(best=train(config)), daemon=True)
+
+    def run():
+        try:
+            result["best"] = train(config)
+        except Exception as e:  # noqa: BLE001 - the test inspects it
+            result["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    # Kill only once Ray Train's controller has registered epoch 1's checkpoint
-    # in its persisted state: a restart must then resume from it, not from
-    # scratch (a checkpoint directory alone can be on disk before that).
-    snapshot = os.path.join(tmp_path, "killed", "checkpoint_manager_snapshot.json")
-    deadline = time.monotonic() + 240
+    return thread, result
 
-    def registered() -> bool:
-        return os.path.exists(snapshot) and "checkpoint_epoch_0001" in open(snapshot).read()
 
-    while not registered():
+def _kill_workers_after_epoch_1(run_dir: str, thread: threading.Thread, which=slice(None)):
+    deadline = time.monotonic() + 300
+    while not _registered(run_dir, 1):
         assert time.monotonic() < deadline and thread.is_alive(), "no first checkpoint"
-        time.sleep(0.2)
-    victims = _train_workers()
+        time.sleep(0.05)
+    victims = _train_workers()[which]
     assert victims, "no Ray Train worker process found"
-    victims[-1].send_signal(signal.SIGKILL)
-    killed_at = time.time()
+    for v in victims:
+        v.send_signal(signal.SIGKILL)
+    return time.time()
+
+
+def _losses(run_dir: str) -> pd.DataFrame:
+    return pd.read_parquet(os.path.join(run_dir, HISTORY))[["epoch", "loss", "val_loss"]]
+
+
+def test_same_seed_same_losses_and_a_killed_job_resubmitted_matches_one_go(
+        ray_local, corpus_file, tmp_path, capfd):
+    """One worker, dropout and a cosine schedule: everything random and
+    everything stateful (data position, dropout generator, optimizer slots and
+    step, learning rate) must resume where it stopped."""
+    common = dict(corpus=corpus_file, num_workers=1, epochs=5, seed=11, dropout=0.3,
+                  lr_schedule="cosine", storage_path=str(tmp_path), **TINY)
+    train(make_config(None, name="whole", **common))
+    whole = _losses(os.path.join(tmp_path, "whole"))
+
+    cut = make_config(None, name="cut", **common)
+    thread, result = _start(cut)
+    _kill_workers_after_epoch_1(os.path.join(tmp_path, "cut"), thread)
+    thread.join(timeout=300)
+    assert not thread.is_alive() and "error" in result  # max_failures 0: the job fails
+    capfd.readouterr()
+    train(cut)  # resubmitted with the same arguments
+    out = capfd.readouterr().out
+    resumed = re.search(r"resumed from epoch (\d+)", out)
+    assert resumed and int(resumed.group(1)) < 5, out
+    after = _losses(os.path.join(tmp_path, "cut"))
+    assert list(after.epoch) == [1, 2, 3, 4, 5]
+    assert np.abs(after.to_numpy() - whole.to_numpy()).max() <= 1e-5, (after, whole)
+
+    train(make_config(None, name="other", **{**common, "seed": 12}))
+    other = _losses(os.path.join(tmp_path, "other"))
+    assert abs(other.loss.iloc[0] - whole.loss.iloc[0]) > 1e-4
+
+
+def test_two_workers_reproduce_a_run_through_a_worker_restart(ray_local, corpus_file,
+                                                                tmp_path, capfd):
+    """Two workers, an odd batch (rounded down to 32 and reported): a run whose
+    worker is killed after epoch 1, then replaced by Ray Train, gives the same
+    per-epoch losses as the same run done in one go."""
+    common = dict(corpus=corpus_file, num_workers=2, epochs=4, max_failures=1, seed=3,
+                  storage_path=str(tmp_path), **{**TINY, "batch_size": 33})
+    train(make_config(None, name="whole", **common))
+    assert "training at 32 (16 per worker)" in capfd.readouterr().out
+    whole = _losses(os.path.join(tmp_path, "whole"))
+    assert checkpoint.read_meta(os.path.join(tmp_path, "whole", "checkpoint_epoch_0004")
+                                )["config"]["batch_size"] == 32
+
+    thread, result = _start(make_config(None, name="killed", **common))
+    killed_at = _kill_workers_after_epoch_1(os.path.join(tmp_path, "killed"), thread,
+                                            slice(-1, None))
     thread.join(timeout=400)
-    assert not thread.is_alive() and "best" in result
+    assert not thread.is_alive() and "best" in result, result
     last = os.path.join(tmp_path, "killed", "checkpoint_epoch_0004")
     assert os.path.getmtime(os.path.join(last, checkpoint.META)) > killed_at
     out = capfd.readouterr().out
     assert "resumed from epoch" in out and out.count("epoch 1/4") == 1, out
+    killed = _losses(os.path.join(tmp_path, "killed"))
+    assert np.abs(killed.to_numpy() - whole.to_numpy()).max() <= 1e-5, (killed, whole)

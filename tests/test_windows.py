@@ -5,7 +5,7 @@ import pytest
 
 from charlm.corpus import encode
 from charlm.errors import CharlmError
-from charlm.windows import _Gather, holdout_start, split, window_starts, windows
+from charlm.windows import holdout_start, split, window_starts, windows
 
 
 def seed_windows(text: str, maxlen: int, step: int):
@@ -41,17 +41,3 @@ def test_split_is_contiguous_and_windows_stay_on_their_side():
 def test_split_rejects_a_tail_too_short_for_one_window():
     with pytest.raises(CharlmError, match="too short"):
         split(np.zeros(300, dtype=np.uint8), 0.1, maxlen=40, val_maxlen=40)
-
-
-def test_the_training_stream_visits_every_window_once_per_epoch_in_new_orders():
-    ids = np.random.default_rng(3).integers(0, 30, size=2000)
-    count, epochs = len(window_starts(len(ids), 40, 3)), 3
-    udf = _Gather(ids, 40, 3, count, seed=7)
-    # Ray Data hands the UDF blocks of consecutive row numbers, here 100 at a time.
-    blocks = [np.arange(lo, min(lo + 100, count * epochs)) for lo in range(0, count * epochs, 100)]
-    out = np.concatenate([udf({"id": b})["window"] for b in blocks])
-    expected = sorted(map(tuple, windows(ids, 40, 3)))
-    per_epoch = np.split(out, [count * e for e in range(1, epochs)])
-    assert sorted(map(tuple, out)) == sorted(expected * epochs)
-    assert not np.array_equal(per_epoch[0][:100], per_epoch[1][:100])
-    assert not np.array_equal(per_epoch[0][:100], windows(ids, 40, 3)[:100])
