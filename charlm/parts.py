@@ -91,32 +91,47 @@ def streamed(spec: str | None) -> bool:
         files[0].size > STRETCH_BYTES or files[0].path != storage.resolve(spec)[1]
 
 
-def load_parts(spec: str | None, *, maxlen: int, step: int, val_frac: float,
+def prepare(spec: str | None, *, maxlen: int, step: int, val_frac: float,
+            byte_level: bool = False, keep_case: bool = False,
+            keep_newlines: bool = False) -> Parts | str:
+    """Before Ray starts, so bad input fails fast: a small corpus read and
+    split here (its parts still arrays), a large one's files listed (its spec
+    returned, to be read by Ray Data)."""
+    if streamed(spec):
+        return spec
+    corpus = load_corpus(spec, keep_case=keep_case, keep_newlines=keep_newlines,
+                         min_chars=maxlen + 1)
+    vocab = BYTES_VOCAB if byte_level else _checked(corpus.vocab)
+    ids = encode(corpus.text, vocab) if byte_level else corpus.ids
+    found = split_stretch(ids, 0, len(ids), len(ids), maxlen=maxlen, step=step,
+                          val_frac=val_frac)
+    train = [p for kind, p in found if kind == TRAIN]
+    held = [p for kind, p in found if kind == HELDOUT]
+    return _checked_parts(Parts(
+        corpus.name, corpus.source, vocab, corpus.sha256, len(ids), train,
+        [len(p) for p in train], held, [len(p) for p in held], 1, keep_case, keep_newlines),
+        maxlen, val_frac)
+
+
+def load_parts(spec: str | Parts | None, *, maxlen: int, step: int, val_frac: float,
                byte_level: bool = False, keep_case: bool = False,
                keep_newlines: bool = False) -> Parts:
-    """The corpus's parts, read by Ray Data or (small) in this process; Ray must be running."""
+    """The corpus's parts in Ray's object store (Ray must be running), from a
+    spec or what prepare() returned, with the held-out sample scored each epoch
+    and the seeds a run records."""
     import ray
 
     args = dict(maxlen=maxlen, step=step, val_frac=val_frac)
-    if streamed(spec):
-        parts = _read_streamed(spec, byte_level, keep_case, keep_newlines, **args)
+    if not isinstance(spec, Parts):
+        spec = prepare(spec, byte_level=byte_level, keep_case=keep_case,
+                       keep_newlines=keep_newlines, **args)
+    if isinstance(spec, Parts):
+        parts = spec
+        parts.train = [ray.put(p) if isinstance(p, np.ndarray) else p for p in parts.train]
+        parts.heldout = [ray.put(p) if isinstance(p, np.ndarray) else p for p in parts.heldout]
     else:
-        corpus = load_corpus(spec, keep_case=keep_case, keep_newlines=keep_newlines,
-                             min_chars=maxlen + 1)
-        vocab = BYTES_VOCAB if byte_level else _checked(corpus.vocab)
-        ids = corpus.ids if not byte_level else encode(corpus.text, vocab)
-        train, held = [], []
-        for kind, part in split_stretch(ids, 0, len(ids), len(ids), **args):
-            (train if kind == TRAIN else held).append(part)
-        parts = Parts(corpus.name, corpus.source, vocab, corpus.sha256, len(ids),
-                      [ray.put(p) for p in train], [len(p) for p in train],
-                      [ray.put(p) for p in held], [len(p) for p in held], 1,
-                      keep_case, keep_newlines)
-    if not parts.train or not parts.heldout:
-        raise CharlmError(
-            f"corpus has {parts.chars} characters: too short for {maxlen}-character training "
-            f"windows and {VAL_MAXLEN}-character held-out windows with --val-frac {val_frac}; "
-            "use a longer corpus or a smaller --maxlen")
+        parts = _checked_parts(_read_streamed(spec, byte_level, keep_case, keep_newlines,
+                                              **args), maxlen, val_frac)
     sample = _remote_fn(_heldout_sample_fn).options(num_returns=3)
     windows_ref, seeds_ref, first_ref = sample.remote(
         parts.heldout, parts.heldout_lengths, HELDOUT_CAP, maxlen, SEED_CANDIDATES,
@@ -125,6 +140,15 @@ def load_parts(spec: str | None, *, maxlen: int, step: int, val_frac: float,
     parts.heldout_windows = windows_ref
     parts.seed_ids = first.tolist()
     parts.heldout_seeds = list(dict.fromkeys(_text(s, parts.vocab) for s in seeds))
+    return parts
+
+
+def _checked_parts(parts: Parts, maxlen: int, val_frac: float) -> Parts:
+    if not parts.train or not parts.heldout:
+        raise CharlmError(
+            f"corpus has {parts.chars} characters: too short for {maxlen}-character training "
+            f"windows and {VAL_MAXLEN}-character held-out windows with --val-frac {val_frac}; "
+            "use a longer corpus or a smaller --maxlen")
     return parts
 
 

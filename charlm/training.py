@@ -18,10 +18,10 @@ import numpy as np
 import psutil
 
 from charlm import checkpoint, runtime, storage
-from charlm.config import VAL_MAXLEN, VAL_STEP, TrainConfig
-from charlm.corpus import Corpus, load_corpus
+from charlm.config import TrainConfig
 from charlm.errors import CharlmError
-from charlm.windows import split, training_stream, window_count, windows
+from charlm.parts import Parts, load_parts, prepare
+from charlm.windows import training_stream, window_count
 
 HISTORY = "history.parquet"
 # Gradients per all-reduce: the seed model's are 0.4 MB, so one pack per step.
@@ -181,8 +181,19 @@ def _append_history(run_dir: str, metrics: dict) -> None:
     pq.write_table(pa.Table.from_pylist(rows + [row]), path, filesystem=fs)
 
 
-def run_name(config: TrainConfig, corpus: Corpus) -> str:
+def run_name(config: TrainConfig, corpus: Parts) -> str:
     return config.name or f"{os.path.basename(corpus.name.rstrip('/')) or 'corpus'}-lstm"
+
+
+def _steps(corpus: Parts, config: TrainConfig) -> tuple[int, int]:
+    """(training windows, steps per epoch), or a one-line error if no full batch."""
+    n_windows = sum(window_count(n, config.maxlen, config.step) for n in corpus.train_lengths)
+    steps = steps_per_epoch(n_windows, config)
+    if steps < 1:
+        raise CharlmError(
+            f"{n_windows} training windows make no full batch of {config.batch_size} "
+            f"across {config.num_workers} worker(s); lower --batch-size or use a longer corpus")
+    return n_windows, steps
 
 
 def train(config: TrainConfig) -> str:
@@ -193,36 +204,39 @@ def train(config: TrainConfig) -> str:
 
     job_started = psutil.Process().create_time()  # whole job: imports and Ray start-up too
     config.validate()
-    corpus = load_corpus(config.corpus, keep_case=config.keep_case,
-                         keep_newlines=config.keep_newlines, min_chars=config.maxlen + 1)
-    train_ids, val_ids = split(corpus.ids, config.val_frac, config.maxlen, VAL_MAXLEN)
-    n_windows = window_count(len(train_ids), config.maxlen, config.step)
-    steps = steps_per_epoch(n_windows, config)
-    if steps < 1:
-        raise CharlmError(
-            f"{n_windows} training windows make no full batch of {config.batch_size} "
-            f"across {config.num_workers} worker(s); lower --batch-size or use a longer corpus")
+    corpus_args = dict(maxlen=config.maxlen, step=config.step, val_frac=config.val_frac,
+                       byte_level=config.vocab == "bytes", keep_case=config.keep_case,
+                       keep_newlines=config.keep_newlines)
+    # Bad input fails here, before Ray starts: a small corpus is read and
+    # split, a large one's files are listed.
+    source = prepare(config.corpus, **corpus_args)
+    if isinstance(source, Parts):
+        _steps(source, config)
     storage_path = storage.normalize(config.storage_path)
     storage.check_writable(storage_path, "--storage-path")
-    name = run_name(config, corpus)
-    run_dir = storage.join(storage_path, name)
 
     cpus = config.cpus_per_worker or (
         1 if runtime.on_cluster() else max(1, (os.cpu_count() or 1) // config.num_workers))
     runtime.init_ray(config.verbose, cpus_needed=cpus * config.num_workers)
     if config.use_gpu:
         runtime.require_gpus(config.num_workers)
-    print(f"corpus {corpus.name}: {len(corpus.text):,} characters, vocabulary {len(corpus.vocab)}, "
-          f"{n_windows:,} training windows; {config.num_workers} worker(s) × {steps} steps "
-          f"per epoch; run {run_dir}", flush=True)
+    # The corpus as parts in Ray's store (charlm.parts): read by Ray Data when
+    # large, never whole in this process.
+    corpus = load_parts(source, **corpus_args)
+    n_windows, steps = _steps(corpus, config)
+    name = run_name(config, corpus)
+    run_dir = storage.join(storage_path, name)
+    print(f"corpus {corpus.name}: {corpus.chars:,} characters in {corpus.files:,} file(s), "
+          f"vocabulary {len(corpus.vocab)}, {n_windows:,} training windows; "
+          f"{config.num_workers} worker(s) × {steps} steps per epoch; run {run_dir}", flush=True)
 
     meta = {"format": 1, "run": name, "vocab": corpus.vocab, "config": config.to_dict(),
             "corpus": corpus.info()}
     loop_config = {
         "config": config.to_dict(), "vocab": corpus.vocab, "meta": meta, "steps": steps,
         "threads": cpus, "run_dir": run_dir, "job_started": job_started,
-        "seed_ids": train_ids[:config.maxlen].tolist(),
-        "val_windows": ray.put(windows(val_ids, VAL_MAXLEN, VAL_STEP)),
+        "seed_ids": corpus.seed_ids,
+        "val_windows": corpus.heldout_windows,  # at most parts.HELDOUT_CAP windows
     }
     trainer = TensorflowTrainer(
         train_loop,
@@ -230,8 +244,8 @@ def train(config: TrainConfig) -> str:
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.num_workers, use_gpu=config.use_gpu,
             resources_per_worker={"CPU": cpus, **({"GPU": 1} if config.use_gpu else {})}),
-        datasets={"train": training_stream(train_ids, config.maxlen, config.step,
-                                           config.epochs, config.seed)},
+        datasets={"train": training_stream(corpus.train, config.maxlen, config.step,
+                                           config.epochs, config.seed, corpus.train_lengths)},
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),

@@ -58,10 +58,19 @@ _STRIDE = 1_000_003
 class _Gather:
     """Ray Data UDF: a block of row numbers → its windows. Row r belongs to
     epoch r // count; each epoch visits every window once, through its own
-    random rotation of a strided order, shuffled again within each block."""
+    random rotation of a strided order, shuffled again within each block.
 
-    def __init__(self, ids: np.ndarray, maxlen: int, step: int, count: int, seed: int):
-        self.ids, self.maxlen, self.step, self.count, self.seed = ids, maxlen, step, count, seed
+    MERGE(bigcorpus → data): `ids` is one id array, or the corpus's parts (id
+    arrays or ObjectRefs to them, charlm.parts) with their `lengths`; window w
+    of the epoch is window w - offset[p] of part p, never crossing a part. The
+    data branch's stream takes parts natively and replaces this."""
+
+    def __init__(self, ids, maxlen: int, step: int, count: int, seed: int,
+                 lengths: list[int] | None = None):
+        self.parts = ids if isinstance(ids, list) else [ids]
+        self.maxlen, self.step, self.count, self.seed = maxlen, step, count, seed
+        lengths = lengths if lengths is not None else [len(p) for p in self.parts]
+        self.offsets = np.cumsum([0] + [window_count(n, maxlen, step) for n in lengths])
         self.stride = _STRIDE if count % _STRIDE else _STRIDE + 2  # coprime to count
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -69,19 +78,47 @@ class _Gather:
         epoch, local = rows // self.count, rows % self.count
         rotations = np.random.default_rng(self.seed).integers(self.count, size=epoch.max() + 1)
         order = (local * self.stride + rotations[epoch]) % self.count
-        return {"window": gather(self.ids, order * self.step, self.maxlen)}
+        if len(self.parts) == 1 and not _is_ref(self.parts[0]):
+            return {"window": gather(self.parts[0], order * self.step, self.maxlen)}
+        part = np.searchsorted(self.offsets, order, side="right") - 1
+        starts = (order - self.offsets[part]) * self.step
+        arrays = _resolve(self.parts)
+        out = np.empty((len(order), self.maxlen + 1), dtype=arrays[0].dtype)
+        for p in np.unique(part):
+            at = np.flatnonzero(part == p)
+            out[at] = gather(arrays[p], starts[at], self.maxlen)
+        return {"window": out}
 
 
-def training_stream(train_ids: np.ndarray, maxlen: int, step: int, epochs: int, seed: int = 0):
+def _is_ref(part) -> bool:
+    return not isinstance(part, np.ndarray)
+
+
+def _resolve(parts: list) -> list[np.ndarray]:
+    """Arrays of the parts; ObjectRefs are read from Ray's store without a copy."""
+    refs = [p for p in parts if _is_ref(p)]
+    if not refs:
+        return parts
+    import ray
+
+    got = iter(ray.get(refs))
+    return [next(got) if _is_ref(p) else p for p in parts]
+
+
+def training_stream(train_ids, maxlen: int, step: int, epochs: int, seed: int = 0,
+                    lengths: list[int] | None = None):
     """One Ray Dataset holding every epoch's windows, read once per run.
 
+    `train_ids`: one id array, or a list of parts with their `lengths` (see _Gather).
     Re-executing a dataset per epoch makes every worker wait at the split's
     epoch barrier while the next execution starts; one stream does not, and
     needs no all-to-all shuffle (whose tasks would take CPU from training)."""
     import ray.data
 
-    count = window_count(len(train_ids), maxlen, step)
+    if lengths is None:
+        lengths = [len(p) for p in (train_ids if isinstance(train_ids, list) else [train_ids])]
+    count = sum(window_count(n, maxlen, step) for n in lengths)
+    udf = _Gather(train_ids, maxlen, step, count, seed, lengths)
     rows = count * epochs
     return (ray.data.range(rows, override_num_blocks=max(4, min(rows // 65_536, 4_000)))
-            .map_batches(_Gather(train_ids, maxlen, step, count, seed), batch_size=None,
-                         batch_format="numpy"))
+            .map_batches(udf, batch_size=None, batch_format="numpy"))
