@@ -226,31 +226,61 @@ class _Reader:
 
 
 def stretches(spec: str) -> tuple[pafs.FileSystem, list[dict]]:
-    """Every stretch of the corpus, in file then position order (nominal byte ranges)."""
+    """Every stretch of the corpus, in file then position order (nominal byte
+    ranges); `key`, the file's base name, is what the corpus hash records."""
     fs, files = list_files(spec)
+    single = len(files) == 1 and files[0].path == storage.resolve(spec)[1]
     rows = []
     for i, info in enumerate(files):
-        name = storage.join(spec, info.base_name) if len(files) > 1 or \
-            info.path != storage.resolve(spec)[1] else spec
+        name = spec if single else storage.join(spec, info.base_name)
         for k in range(max(1, -(-info.size // STRETCH_BYTES))):
-            rows.append({"file": i, "name": name, "path": info.path, "index": k,
-                         "lo": k * STRETCH_BYTES, "hi": (k + 1) * STRETCH_BYTES,
+            rows.append({"file": i, "name": name, "key": info.base_name, "path": info.path,
+                         "index": k, "lo": k * STRETCH_BYTES, "hi": (k + 1) * STRETCH_BYTES,
                          "size": info.size})
     return fs, rows
 
 
 def iter_texts(spec: str, keep_case: bool = False, keep_newlines: bool = False):
-    """The corpus's normalised text, one stretch at a time, in one process
-    (the report's word search): memory is one stretch, whatever the corpus."""
+    """(stretch, its normalised text), one stretch at a time, in one process:
+    memory is one stretch, whatever the corpus."""
     fs, rows = stretches(spec)
     reader = _Reader(fs, keep_case, keep_newlines)
     for row in rows:
         yield row, reader.text(row)[0]
 
 
+def recorded_texts(info: dict):
+    """The normalised text of the corpus a run recorded (checkpoint meta
+    "corpus"), one stretch at a time; CharlmError, once it has all been read,
+    if it no longer matches the recorded sha256."""
+    name = info.get("name")
+    spec = name if name in ("nietzsche", "python-docs") else info.get("source") or name
+    if not spec:
+        raise CharlmError("the checkpoint records no corpus")
+    flags = dict(keep_case=bool(info.get("keep_case")),
+                 keep_newlines=bool(info.get("keep_newlines")))
+    if spec in ("nietzsche", "python-docs") or spec.startswith(("http://", "https://")):
+        corpus = load_corpus(spec, **flags)
+        yield corpus.text
+        sha = corpus.sha256
+    else:
+        hashes = []
+        for row, text in iter_texts(spec, **flags):
+            hashes.append((row["key"], row["index"],
+                           hashlib.sha256(text.encode("utf-8")).hexdigest()))
+            yield text
+        sha = corpus_sha256(hashes)
+    if sha != info.get("sha256"):
+        raise CharlmError(f"the run's corpus {name} has changed since training (sha256 "
+                          f"{sha[:12]}…, recorded {str(info.get('sha256'))[:12]}…)")
+
+
 def corpus_sha256(hashes: list[tuple[str, int, str]]) -> str:
-    """One stretch: the sha256 of its normalised UTF-8 text (a small file's, as
-    before); several: the sha256 of their 'name<TAB>index<TAB>sha256' lines."""
+    """A hash of per-stretch hashes, so no process needs the whole text. One
+    stretch: the sha256 of its normalised UTF-8 text (a small file's, as
+    before); several: the sha256 of their 'file name<TAB>stretch<TAB>sha256'
+    lines (file base names: the same corpus read from another path or bucket
+    has the same hash)."""
     if len(hashes) == 1:
         return hashes[0][2]
     lines = "".join(f"{name}\t{index}\t{sha}\n" for name, index, sha in hashes)
@@ -366,7 +396,7 @@ def _read_streamed(spec: str, byte_level: bool, keep_case: bool, keep_newlines: 
     found.sort(key=lambda x: x[0])
     pick = {kind: [(ref, n) for (_, _, k), ref, n in found if k == kind]
             for kind in (TRAIN, HELDOUT)}
-    names = {r["file"]: r["name"] for r in rows}
+    names = {r["file"]: r["key"] for r in rows}
     return Parts(spec, storage.normalize(spec), vocab,
                  corpus_sha256([(names[r["file"]], r["index"], r["sha256"]) for r in counted]),
                  chars, [r for r, _ in pick[TRAIN]], [n for _, n in pick[TRAIN]],

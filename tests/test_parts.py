@@ -5,7 +5,6 @@ through a real S3-compatible server."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import numpy as np
@@ -111,10 +110,12 @@ def test_the_sha256_changes_with_any_file_and_not_with_the_reading(tmp_path, mon
     monkeypatch.setattr(parts, "STRETCH_BYTES", 400)
     first = parts.load_parts(str(d), maxlen=10, step=3, val_frac=0.2).sha256
     assert parts.load_parts(str(d), maxlen=20, step=5, val_frac=0.3).sha256 == first
-    assert parts.corpus_sha256([(row["name"], row["index"], hashlib.sha256(t.encode()).hexdigest())
-                                for row, t in parts.iter_texts(str(d))]) == first
+    info = {"source": str(d), "sha256": first}
+    assert "".join(parts.recorded_texts(info)) == "".join(normalise(t) for t in texts_of(d)[:3])
     (d / "01.txt").write_text("changed " * 20)
     assert parts.load_parts(str(d), maxlen=10, step=3, val_frac=0.2).sha256 != first
+    with pytest.raises(CharlmError, match="has changed since training"):
+        list(parts.recorded_texts(info))
 
 
 def test_a_big_single_file_in_stretches_is_the_small_files_reading(tmp_path, monkeypatch):
