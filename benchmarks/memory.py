@@ -132,7 +132,7 @@ def run_slice(corpus: str, tmp: str) -> dict:
             "largest_process_mb": round(procs[0][0] / MB), "largest_process": procs[0][1],
             "tree_peak_sum_mb": round(poller.tree_peak / MB),
             "object_store_peak_mb": round(poller.store_peak / MB),
-            "processes": [[label, round(rss / MB)] for rss, label in procs[:12]],
+            "processes": [[label, round(rss / MB)] for rss, label in procs],
             "tail": tail if proc.returncode else None}
 
 

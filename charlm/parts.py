@@ -45,6 +45,10 @@ STRETCH_BYTES = 8 << 20  # raw bytes per map task: its peak is about 15x this
 _SEARCH = 1 << 16  # bytes searched past a nominal cut for a space or newline
 HELDOUT_CAP = 50_000  # held-out windows scored per epoch (nietzsche has 20,000: all)
 SEED_CANDIDATES = 1_000  # held-out seeds recorded for generation's --num-seeds
+# Stretches per map-task process before it exits: a process keeps the pages
+# of Ray's store it wrote (the parts) and its heap's high-water mark in its
+# RSS for as long as it lives, so none lives to write the whole corpus.
+MAX_CALLS = 8  # (0: no limit; tests, whose stretches are tiny)
 TRAIN, HELDOUT = 0, 1
 
 
@@ -357,7 +361,8 @@ def _read_streamed(spec: str, byte_level: bool, keep_case: bool, keep_newlines: 
         return ds
 
     counted = sorted(dataset(rows).map_batches(_Count(reader, byte_level), batch_size=1,
-                                               batch_format="pyarrow").take_all(),
+                                               batch_format="pyarrow",
+                                               max_calls=MAX_CALLS or None).take_all(),
                      key=lambda r: (r["file"], r["index"]))
     if byte_level:
         vocab = BYTES_VOCAB
@@ -380,7 +385,8 @@ def _read_streamed(spec: str, byte_level: bool, keep_case: bool, keep_newlines: 
         row.update(chars=r["chars"], start=starts[(row["file"], row["index"])],
                    file_chars=file_chars[row["file"]])
     encoded = dataset(rows).map_batches(
-        _Encode(reader, vocab, maxlen, step, val_frac), batch_size=1, batch_format="pyarrow")
+        _Encode(reader, vocab, maxlen, step, val_frac), batch_size=1, batch_format="pyarrow",
+        max_calls=MAX_CALLS or None)
     found: list[tuple[tuple[int, int, int], object, int]] = []
     dtype = id_dtype(len(vocab))
     for bundle in encoded.iter_internal_ref_bundles():
@@ -389,7 +395,8 @@ def _read_streamed(spec: str, byte_level: bool, keep_case: bool, keep_newlines: 
                 (0, entry.metadata.num_rows)
             if hi <= lo:
                 continue
-            unpack = _remote_fn(_unpack_fn).options(num_returns=hi - lo + 1)
+            unpack = _remote_fn(_unpack_fn).options(num_returns=hi - lo + 1,
+                                                    max_calls=MAX_CALLS)
             refs = unpack.remote(entry.ref, lo, hi, dtype)
             for key, ref in zip(ray.get(refs[0]), refs[1:], strict=True):
                 found.append((key[:3], ref, key[3]))

@@ -57,6 +57,12 @@ def local_ray(s3_server):
         ray.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def reuse_processes(monkeypatch):
+    """Tiny stretches: a fresh process per few of them would only slow the tests."""
+    monkeypatch.setattr(parts, "MAX_CALLS", 0)
+
+
 def seed_windows(text: str, maxlen: int, step: int) -> list[str]:
     """The Keras example's loop: window and next character."""
     return [text[i:i + maxlen + 1] for i in range(0, len(text) - maxlen, step)]
