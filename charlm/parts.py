@@ -395,8 +395,7 @@ def _read_streamed(spec: str, byte_level: bool, keep_case: bool, keep_newlines: 
                 (0, entry.metadata.num_rows)
             if hi <= lo:
                 continue
-            unpack = _remote_fn(_unpack_fn).options(num_returns=hi - lo + 1,
-                                                    max_calls=MAX_CALLS)
+            unpack = _remote_fn(_unpack_fn).options(num_returns=hi - lo + 1)
             refs = unpack.remote(entry.ref, lo, hi, dtype)
             for key, ref in zip(ray.get(refs[0]), refs[1:], strict=True):
                 found.append((key[:3], ref, key[3]))
@@ -471,6 +470,7 @@ def _remote_fn(fn):
     does not import Ray)."""
     import ray
 
-    if fn.__name__ not in _REMOTE:
-        _REMOTE[fn.__name__] = ray.remote(fn)
-    return _REMOTE[fn.__name__]
+    key = (fn.__name__, MAX_CALLS)
+    if key not in _REMOTE:
+        _REMOTE[key] = ray.remote(max_calls=MAX_CALLS)(fn)
+    return _REMOTE[key]
