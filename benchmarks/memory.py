@@ -97,9 +97,10 @@ def _store_bytes(pid: int) -> int:
 
 
 def run_slice(corpus: str, tmp: str) -> dict:
+    # A run of its own per corpus: the same name would resume the last one.
     cmd = [sys.executable, "-m", "jobs.train", "--corpus", corpus, "--preset", "seed",
            "--num-workers", "1", "--epochs", "1", "--max-steps", str(STEPS),
-           "--storage-path", os.path.join(tmp, "runs"), "--name", "memory"]
+           "--storage-path", os.path.join(tmp, "runs"), "--name", os.path.basename(corpus)]
     print("$ " + " ".join(cmd), flush=True)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
