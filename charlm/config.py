@@ -23,6 +23,7 @@ class TrainConfig:
     corpus: str | None = None  # None: nietzsche, falling back to python-docs offline
     keep_case: bool = False
     keep_newlines: bool = False
+    vocab: str = "chars"  # or "bytes": UTF-8 bytes, 256 ids, no vocabulary pass
     maxlen: int = 40
     step: int = 3
     val_frac: float = 0.1
@@ -91,6 +92,8 @@ class TrainConfig:
                               "or a number of windows")
         if not 0.0 < self.val_frac < 1.0:
             raise CharlmError(f"--val-frac is {self.val_frac}; use a fraction between 0 and 1")
+        if self.vocab not in ("chars", "bytes"):
+            raise CharlmError(f"--vocab {self.vocab!r} is unknown; use 'chars' or 'bytes'")
         if self.lr_schedule not in ("constant", "cosine"):
             raise CharlmError(f"--lr-schedule {self.lr_schedule!r} is unknown; "
                               "use 'constant' or 'cosine'")

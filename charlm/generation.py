@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -207,30 +208,57 @@ def read_seeds_file(path: str) -> list[str]:
 
 
 def heldout_seeds(text: str, val_frac: float, maxlen: int, n: int) -> list[str]:
-    """n windows of maxlen characters spread evenly over the held-out tail."""
+    """n distinct windows of maxlen characters spread evenly over the held-out
+    tail (a checkpoint that recorded no held-out seeds); too few is an error."""
     from charlm.windows import holdout_start
 
     start, last = holdout_start(len(text), val_frac), len(text) - maxlen
     if last < start:
         raise CharlmError(f"the held-out tail has {len(text) - start} characters, fewer than "
                           f"one {maxlen}-character seed; pass --seeds-file or --seed")
-    return [text[i:i + maxlen] for i in np.linspace(start, last, n).astype(int)]
+    if n > last - start + 1:
+        _too_many(n, last - start + 1)
+    seeds = list(dict.fromkeys(text[i:i + maxlen]
+                               for i in np.linspace(start, last, n).astype(int)))
+    if len(seeds) < n:
+        print(f"warning: --num-seeds {n} gave {len(seeds)} distinct held-out seeds "
+              "(the held-out text repeats itself)", file=sys.stderr)
+    return seeds
+
+
+def pick_seeds(recorded: list[str], n: int) -> list[str]:
+    """n of the held-out seeds a run recorded (charlm.parts.SEED_CANDIDATES,
+    evenly spread over every file's held-out tail), themselves evenly spread."""
+    recorded = list(dict.fromkeys(recorded))
+    if n > len(recorded):
+        _too_many(n, len(recorded))
+    return [recorded[i] for i in np.linspace(0, len(recorded) - 1, n).round().astype(int)]
+
+
+def _too_many(n: int, available: int) -> None:
+    raise CharlmError(f"--num-seeds {n} asks for more distinct held-out seeds than the run's "
+                      f"held-out text gives ({available}); pass --num-seeds {available} or "
+                      "fewer, or more seeds with --seeds-file")
 
 
 def collect_seeds(o: GenerateOptions, meta: dict) -> list[str]:
     """Distinct seeds in row order: the recipe's own seed, --seed, --seeds-file,
-    held-out windows."""
+    held-out windows (those the run recorded; for an older checkpoint, read
+    from its corpus)."""
     from charlm.corpus import normalise
 
     config = TrainConfig.from_dict(meta["config"])
     explicit = list(o.seed) + (read_seeds_file(o.seeds_file) if o.seeds_file else [])
     explicit = [normalise(s, config.keep_case, config.keep_newlines) for s in explicit]
     recipe = o.recipe_seed if o.recipe_seed is not None else (o.num_seeds > 0 or not explicit)
-    text = run_corpus(meta).text if recipe or o.num_seeds else ""
-    seeds = [text[:config.maxlen]] if recipe else []
+    info = meta.get("corpus") or {}
+    recorded = "heldout_seeds" in info and "seed_text" in info
+    text = run_corpus(meta).text if (recipe or o.num_seeds) and not recorded else ""
+    seeds = [info["seed_text"] if recorded else text[:config.maxlen]] if recipe else []
     seeds += explicit
     if o.num_seeds:
-        seeds += heldout_seeds(text, config.val_frac, config.maxlen, o.num_seeds)
+        seeds += (pick_seeds(info["heldout_seeds"], o.num_seeds) if recorded else
+                  heldout_seeds(text, config.val_frac, config.maxlen, o.num_seeds))
     if not seeds:
         raise CharlmError("no seeds: pass --seed, --seeds-file or --num-seeds")
     # A request's identity is its seed text: duplicates would repeat the same samples.
@@ -238,6 +266,10 @@ def collect_seeds(o: GenerateOptions, meta: dict) -> list[str]:
 
 
 def _check_chars(seeds: list[str], vocab: str, mode: str) -> list[str]:
+    from charlm.corpus import BYTES_VOCAB
+
+    if vocab == BYTES_VOCAB:  # a byte-level model takes any text
+        return seeds
     known = set(vocab)
     unknown = sorted({c for s in seeds for c in s} - known)
     if unknown and mode == "error":

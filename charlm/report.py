@@ -65,16 +65,23 @@ def load(output: str) -> pd.DataFrame:
 
 
 def vocabulary(df: pd.DataFrame) -> tuple[set[str], str]:
-    """Words of the run's corpus, else (corpus unavailable) of the seed texts."""
-    from charlm.generation import run_corpus
+    """The generated words found in the run's corpus, else (corpus
+    unavailable) the words of the seed texts. The corpus streams past one
+    stretch at a time (charlm.parts.recorded_texts): memory is the generated
+    words, whatever the corpus's size."""
+    from charlm.parts import recorded_texts
 
     uri = df["checkpoint"].iloc[0]
+    wanted = {w for text in df["text"] for w in words(text)}
     try:
         fs, path = storage.resolve(uri)
         with fs.open_input_stream(f"{path.rstrip('/')}/{checkpoint.META}") as f:
             meta = json.loads(f.read().decode("utf-8"))
-        corpus = run_corpus(meta)
-        return set(words(corpus.text)), f"words of corpus {corpus.name}"
+        info = meta.get("corpus") or {}
+        found: set[str] = set()
+        for text in recorded_texts(info):
+            found |= wanted.intersection(words(text))
+        return found, f"words of corpus {info.get('name')}"
     except (CharlmError, OSError, ValueError) as e:
         return (set(words(" ".join(df["seed_text"].unique()))),
                 f"words of the seed texts (corpus unavailable: {str(e).splitlines()[0]})")
@@ -119,7 +126,7 @@ def report(output: str, chart_path: str | None = None) -> str:
     words_of, source = vocabulary(df)
     table = summarize(df, words_of)
     print(f"{len(df):,} samples from {df['checkpoint'].iloc[0]}; "
-          f"vocabulary: {source} ({len(words_of):,} distinct)")
+          f"vocabulary: {source} ({len(words_of):,} distinct generated or seed words)")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     chart_path = storage.normalize(chart_path or f"{output.rstrip('/')}.report.png")
     chart(table, chart_path)

@@ -18,8 +18,7 @@ import numpy as np
 import psutil
 
 from charlm import checkpoint, finetune, progress, runtime, stopping, storage
-from charlm.config import VAL_MAXLEN, VAL_STEP, TrainConfig
-from charlm.corpus import Corpus, load_corpus
+from charlm.config import TrainConfig
 from charlm.errors import CharlmError
 from charlm.metrics import (
     HISTORY,  # noqa: F401 (where callers have always found it)
@@ -29,8 +28,8 @@ from charlm.metrics import (
     epoch_line,
     read_history,
 )
+from charlm.parts import Parts, load_parts, prepare
 from charlm.stream import Plan, round_batch, tf_input, worker_stream
-from charlm.windows import split, windows
 
 # Gradients per all-reduce: the seed model's are 0.4 MB, so one pack per step.
 ALL_REDUCE_PACK = 32 << 20
@@ -182,8 +181,18 @@ def _samples(model, vocab: str, seed_ids: list[int], maxlen: int, epoch: int) ->
         for t, row in zip(temperatures, ids, strict=True)])
 
 
-def run_name(config: TrainConfig, corpus: Corpus) -> str:
+def run_name(config: TrainConfig, corpus: Parts) -> str:
     return config.name or f"{os.path.basename(corpus.name.rstrip('/')) or 'corpus'}-lstm"
+
+
+def _plan(corpus: Parts, config: TrainConfig) -> Plan:
+    """The data plan, or a one-line error if the corpus makes no full batch."""
+    plan = make_plan(corpus.train_lengths, config)
+    if plan.steps < 1:
+        raise CharlmError(
+            f"{plan.total} training windows make no full batch of {config.batch_size} "
+            f"across {config.num_workers} worker(s); lower --batch-size or use a longer corpus")
+    return plan
 
 
 def train(config: TrainConfig) -> str:
@@ -200,31 +209,35 @@ def train(config: TrainConfig) -> str:
               f"{config.num_workers} workers; training at {batch} "
               f"({batch // config.num_workers} per worker)", flush=True)
         config = dataclasses.replace(config, batch_size=batch)
-    corpus = load_corpus(config.corpus, keep_case=config.keep_case,
-                         keep_newlines=config.keep_newlines, min_chars=config.maxlen + 1)
-    train_ids, val_ids = split(corpus.ids, config.val_frac, config.maxlen, VAL_MAXLEN)
-    plan = make_plan([len(train_ids)], config)
-    n_windows, steps = plan.total, plan.steps
-    if steps < 1:
-        raise CharlmError(
-            f"{n_windows} training windows make no full batch of {config.batch_size} "
-            f"across {config.num_workers} worker(s); lower --batch-size or use a longer corpus")
-    init_from = config.init_from and finetune.plan(config.init_from, corpus.vocab, config)
+    corpus_args = dict(maxlen=config.maxlen, step=config.step, val_frac=config.val_frac,
+                       byte_level=config.vocab == "bytes", keep_case=config.keep_case,
+                       keep_newlines=config.keep_newlines)
+    # Bad input fails here, before Ray starts: a small corpus is read and
+    # split, a large one's files are listed.
+    source = prepare(config.corpus, **corpus_args)
+    if isinstance(source, Parts):
+        _plan(source, config)
     storage_path = storage.normalize(config.storage_path)
     cpus = config.cpus_per_worker or runtime.default_cpus(config.num_workers)
     runtime.init_ray(config.verbose, cpus_needed=cpus * config.num_workers)
     runtime.require_shared(storage_path, "--storage-path", config.shared_filesystem)
     storage.check_writable(storage_path, "--storage-path")
-    name = run_name(config, corpus)
-    run_dir = storage.join(storage_path, name)
     if config.use_gpu:
         runtime.require_gpus(config.num_workers)
     # Ray Train retries starting its workers forever, 60 s a try: one try of
     # charlm's deadline instead (Train passes the variable to its controller).
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(config.placement_timeout)
-    print(f"corpus {corpus.name}: {len(corpus.text):,} characters, vocabulary {len(corpus.vocab)}, "
-          f"{n_windows:,} training windows; {config.num_workers} worker(s) × {steps} steps "
-          f"per epoch; run {run_dir}", flush=True)
+    # The corpus as parts in Ray's store (charlm.parts): read by Ray Data when
+    # large, never whole in this process.
+    corpus = load_parts(source, **corpus_args)
+    plan = _plan(corpus, config)
+    n_windows, steps = plan.total, plan.steps
+    init_from = config.init_from and finetune.plan(config.init_from, corpus.vocab, config)
+    name = run_name(config, corpus)
+    run_dir = storage.join(storage_path, name)
+    print(f"corpus {corpus.name}: {corpus.chars:,} characters in {corpus.files:,} file(s), "
+          f"vocabulary {len(corpus.vocab)}, {n_windows:,} training windows; "
+          f"{config.num_workers} worker(s) × {steps} steps per epoch; run {run_dir}", flush=True)
 
     console = progress.Console()
     meta = {"format": 1, "run": name, "vocab": corpus.vocab, "config": config.to_dict(),
@@ -233,11 +246,12 @@ def train(config: TrainConfig) -> str:
         "mailbox": console.mailbox, "init_from": init_from,
         "config": config.to_dict(), "vocab": corpus.vocab, "meta": meta, "steps": steps,
         "threads": cpus, "run_dir": run_dir, "job_started": job_started,
-        "seed_ids": train_ids[:config.maxlen].tolist(),
-        # The training text as a list of encoded parts (here one), each put
-        # in the object store once, with their lengths (charlm.stream).
-        "parts": [ray.put(train_ids)], "part_lengths": [len(train_ids)],
-        "val_windows": ray.put(windows(val_ids, VAL_MAXLEN, VAL_STEP)),
+        "seed_ids": corpus.seed_ids,
+        # The training text as encoded parts in the object store, with their
+        # lengths (charlm.stream), and the held-out sample scored each epoch
+        # (at most parts.HELDOUT_CAP windows).
+        "parts": corpus.train, "part_lengths": corpus.train_lengths,
+        "val_windows": corpus.heldout_windows,
     }
     trainer = TensorflowTrainer(
         train_loop,

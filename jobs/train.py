@@ -16,6 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "or s3:// gs:// (default: nietzsche, else python-docs offline)")
     a("--keep-case", action="store_true", default=None, help="do not lower-case the text")
     a("--keep-newlines", action="store_true", default=None, help="do not turn newlines into spaces")
+    a("--vocab", choices=["chars", "bytes"],
+      help="chars: the corpus's characters (a counting pass; default); bytes: UTF-8 bytes, "
+           "256 ids, no pass")
     a("--maxlen", type=int, help="window length in characters (seed: 40)")
     a("--step", type=int, help="characters between window starts (seed: 3)")
     a("--val-frac", type=float, help="held-out tail of the text (default 0.1)")

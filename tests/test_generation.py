@@ -13,10 +13,11 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pyarrow.fs as pafs
 import pytest
 import ray
 
-from charlm import checkpoint, generation, runtime
+from charlm import checkpoint, runtime
 from charlm.config import TrainConfig
 from charlm.corpus import load_corpus
 from charlm.generation import GenerateOptions, collect_seeds

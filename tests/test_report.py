@@ -85,3 +85,29 @@ def _python_docs_sha256() -> str:
     from charlm.corpus import load_corpus
 
     return load_corpus("python-docs").sha256
+
+
+def test_a_directory_corpus_streams_past_in_stretches(tmp_path, monkeypatch, capsys):
+    """Words of every file count, read one stretch at a time against the hash
+    training recorded (a hash of per-stretch hashes)."""
+    import hashlib
+
+    from charlm import parts
+
+    monkeypatch.setattr(parts, "STRETCH_BYTES", 64)
+    books = tmp_path / "books"
+    books.mkdir()
+    (books / "a.txt").write_text("the class of the module " * 6)
+    (books / "b.txt").write_text("import returns value " * 6)
+    stretched = [(row["key"], row["index"], hashlib.sha256(text.encode()).hexdigest())
+                 for row, text in parts.iter_texts(str(books))]
+    assert len(stretched) > 4
+    ckpt = tmp_path / "checkpoint_epoch_0001"
+    ckpt.mkdir()
+    (ckpt / checkpoint.META).write_text(json.dumps({"corpus": {
+        "name": str(books), "source": str(books), "keep_case": False, "keep_newlines": False,
+        "sha256": parts.corpus_sha256(stretched)}}))
+    job.main([output(tmp_path, str(ckpt))])
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert f"corpus {books}" in " ".join(lines[0])
+    assert ["window", "1.000", "1"] == lines[4][:3] and lines[4][5] == "0.800"  # zqxv only

@@ -9,6 +9,7 @@ token, stopped by killing exactly its processes.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
