@@ -54,6 +54,7 @@ class Poller(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.interval = pid, interval
         self.peaks: dict[int, tuple[int, str]] = {}
+        self.shared: dict[int, int] = {}  # shared pages (libraries, Ray's store) at the peak
         self.tree_peak = self.store_peak = 0
         self.stop_event = threading.Event()
 
@@ -67,13 +68,16 @@ class Poller(threading.Thread):
             total = 0
             for p in tree:
                 try:
-                    rss, cmd = p.memory_info().rss, p.cmdline()
+                    mem, cmd = p.memory_info(), p.cmdline()
+                    rss = mem.rss
                 except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                     continue
                 total += rss
                 label = cmd[0].split()[0] if cmd and cmd[0].startswith("ray::") else \
                     " ".join(os.path.basename(a) for a in cmd[:3])[:60]
                 old = self.peaks.get(p.pid, (0, label))
+                if rss > old[0]:
+                    self.shared[p.pid] = mem.shared
                 # a Ray worker is retitled as it takes work: keep its busiest name
                 self.peaks[p.pid] = (max(old[0], rss), label if rss >= old[0] or
                                      old[1].startswith("ray::IDLE") else old[1])
@@ -127,13 +131,16 @@ def run_slice(corpus: str, tmp: str) -> dict:
     poller.stop_event.set()
     poller.join()
     wall = time.time() - started
-    procs = sorted(((rss, label) for rss, label in poller.peaks.values()), reverse=True)
+    procs = sorted(((rss, label, poller.shared.get(pid, 0))
+                    for pid, (rss, label) in poller.peaks.items()), reverse=True)
     return {"returncode": proc.returncode, "wall_s": round(wall, 1),
             **{k: round(v, 1) for k, v in marks.items()},
             "largest_process_mb": round(procs[0][0] / MB), "largest_process": procs[0][1],
             "tree_peak_sum_mb": round(poller.tree_peak / MB),
             "object_store_peak_mb": round(poller.store_peak / MB),
-            "processes": [[label, round(rss / MB)] for rss, label in procs],
+            # [label, peak RSS MB, of it shared MB]
+            "processes": [[label, round(rss / MB), round(shared / MB)]
+                          for rss, label, shared in procs],
             "tail": tail if proc.returncode else None}
 
 
