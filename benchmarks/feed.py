@@ -12,7 +12,8 @@ strategy.distribute_datasets_from_function, read one batch per call of a
 tf.function as Keras's train step reads it. Each stage is also timed alone
 (Ray Data only; tf.data without the strategy) to show where time goes.
 Rates are counted from the first batch to the last (start-up is reported
-separately as time to the first batch).
+separately as time to the first batch), after a warm-up read that starts
+Ray's map-task worker processes.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def measure(shape: str, ids, batch_size: int, windows: int) -> dict:
     import tensorflow as tf
 
     from charlm.config import TrainConfig
-    from charlm.stream import tf_input, worker_stream
+    from charlm.stream import BLOCK_ROWS, tf_input, worker_stream
     from charlm.training import make_plan
 
     s = SHAPES[shape]
@@ -70,6 +71,10 @@ def measure(shape: str, ids, batch_size: int, windows: int) -> dict:
     def stream():
         return worker_stream(parts, plan, 0, 1, epochs)
 
+    # Warm-up: Ray starts its map-task worker processes on first use (seconds
+    # each on a loaded machine); a training run pays that once, at its start.
+    _rate(stream().iter_batches(batch_size=batch_size, batch_format="numpy"), batch_size,
+          min(windows, 8 * BLOCK_ROWS))
     out = {"shape": shape, "maxlen": s["maxlen"], "step": s["step"], "batch_size": batch_size,
            "windows_per_epoch": plan.steps * batch_size, "target": s["target"]}
     out["ray_data"] = _rate(stream().iter_batches(batch_size=batch_size, batch_format="numpy",
