@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable
 
@@ -11,19 +12,25 @@ from charlm.errors import CharlmError
 
 def _charlm_cause(e: BaseException) -> CharlmError | None:
     """Ray wraps errors raised inside workers; find ours in the chain."""
-    seen = set()
-    todo = [e]
+    seen: dict[int, BaseException] = {}
+    todo: list[BaseException | None] = [e]
     while todo:
         e = todo.pop(0)
         if e is None or id(e) in seen:
             continue
         if isinstance(e, CharlmError):
             return e
-        seen.add(id(e))
+        seen[id(e)] = e
         # Ray's ActorDiedError keeps an actor constructor's error as `.cause`;
         # Ray Train's WorkerGroupError each worker's error by rank.
         todo += [e.__cause__, getattr(e, "cause", None), e.__context__,
                  *getattr(e, "worker_failures", {}).values()]
+    # Some wrappers keep only the text (Ray Data's ActorDiedError for an
+    # actor's constructor): our error is then its line there.
+    for e in seen.values():
+        found = re.findall(r"charlm\.errors\.CharlmError: (.+)", str(e))
+        if found:
+            return CharlmError(found[-1].strip())
     return None
 
 

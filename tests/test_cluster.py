@@ -7,6 +7,7 @@ the whole module: the jobs are tiny, they prove wiring.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 
@@ -187,7 +188,9 @@ def test_use_gpu_fails_fast_where_tensorflow_sees_no_gpu(cluster: Cluster, corpu
                          "--name", "no-gpu", "--use-gpu", *TRAIN_TINY, module="train")
     errors = error_lines(log)
     assert status == "failed" and len(errors) == 1, log[-5000:]
-    assert "training worker 0 on node 127.0.0.1" in errors[0], errors
+    gpu_node = next(n["node_id"] for n in state(cluster, "nodes")
+                    if n["resources_total"].get("GPU"))
+    assert re.search(rf"training worker 0 on node \S+ \({gpu_node[:12]}\)", errors[0]), errors
     assert "TensorFlow sees no GPU" in errors[0], errors
     assert "epoch 1/1" not in log and not s3_exists(f"{RUNS}/no-gpu/history.parquet")
 
@@ -197,7 +200,7 @@ def test_use_gpu_fails_fast_where_tensorflow_sees_no_gpu(cluster: Cluster, corpu
                          module="generate")
     errors = error_lines(log)
     assert status == "failed" and len(errors) == 1, log[-5000:]
-    assert "generation actor on node 127.0.0.1" in errors[0], errors
+    assert re.search(rf"generation actor on node \S+ \({gpu_node[:12]}\)", errors[0]), errors
     assert "TensorFlow sees no GPU" in errors[0], errors
     assert not s3_exists(output)
 
