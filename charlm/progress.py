@@ -15,6 +15,7 @@ import time
 from typing import IO
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 POLL_S = 0.2  # driver: how often it collects what rank 0 posted
 PROGRESS_S = 0.5  # rank 0: at most one progress update per this many seconds
@@ -40,7 +41,11 @@ class Console:
 
     def __init__(self, stream: IO[str] | None = None):
         self.stream = stream or sys.stdout
-        self.mailbox = ray.remote(num_cpus=0)(_Mailbox).remote()
+        # On the driver's own node: the mailbox lives as long as the job, not
+        # as long as whichever worker node Ray would otherwise place it on
+        # (losing that node would fail the restarted workers' first line).
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.mailbox = ray.remote(num_cpus=0, scheduling_strategy=here)(_Mailbox).remote()
         self.bar = None
         self.task = None
         self.stopped: tuple[str, str] | None = None  # rank 0's (reason, message), if it stopped

@@ -215,8 +215,10 @@ def train(config: TrainConfig) -> str:
     # Bad input fails here, before Ray starts: a small corpus is read and
     # split, a large one's files are listed.
     source = prepare(config.corpus, **corpus_args)
+    init_from = None
     if isinstance(source, Parts):
         _plan(source, config)
+        init_from = config.init_from and finetune.plan(config.init_from, source.vocab, config)
     storage_path = storage.normalize(config.storage_path)
     cpus = config.cpus_per_worker or runtime.default_cpus(config.num_workers)
     runtime.init_ray(config.verbose, cpus_needed=cpus * config.num_workers)
@@ -232,7 +234,8 @@ def train(config: TrainConfig) -> str:
     corpus = load_parts(source, **corpus_args)
     plan = _plan(corpus, config)
     n_windows, steps = plan.total, plan.steps
-    init_from = config.init_from and finetune.plan(config.init_from, corpus.vocab, config)
+    if config.init_from and init_from is None:  # a streamed corpus: its vocabulary is known now
+        init_from = finetune.plan(config.init_from, corpus.vocab, config)
     name = run_name(config, corpus)
     run_dir = storage.join(storage_path, name)
     print(f"corpus {corpus.name}: {corpus.chars:,} characters in {corpus.files:,} file(s), "
