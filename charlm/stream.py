@@ -165,16 +165,18 @@ class _Gather:
     block's windows lie all over the corpus: every page of the store a process
     has read stays mapped, in its RSS, while it lives (at 1 GB, a gather
     process grew to the whole corpus, 1.1 GB). So after each block the
-    process drops its mappings of the parts' pages (`_unmap`): the pages stay
-    in the store, the next block maps those it reads again. A process then
-    holds about one block's pages, whatever the corpus size. (Exiting every
+    process drops its mappings of a part's pages as soon as it has read that
+    part's windows of the block (`_unmap`): the pages stay in the store, the
+    next block maps those it reads again. A process then holds at most about
+    one part's pages (each fault also maps up to 64 KB around it), whatever
+    the corpus size. (Exiting every
     few blocks, Ray's max_calls, bounds it too, but starting processes that
     often cut the feed rate twentyfold on this loaded machine.)"""
 
     def __init__(self, parts: Sequence, plan: Plan, worker: int, start_epoch: int):
         self.parts, self.plan = list(parts), plan
         self.worker, self.start_epoch = worker, start_epoch
-        self.mapped: list[np.ndarray] = []  # fetched parts in a shared mapping of the store
+        self.mapped: set[int] = set()  # id() of fetched parts in the store's shared mapping
 
     def _part(self, p: int) -> np.ndarray:
         part = self.parts[p]
@@ -183,15 +185,16 @@ class _Gather:
 
             part = self.parts[p] = ray.get(part)
             if _in_shared_mapping(part):
-                self.mapped.append(part)
+                self.mapped.add(id(part))
         return part
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         windows = self.plan.windows_of(batch["id"], self.worker, self.start_epoch)
-        out = gather_parts(self._part, self.plan, windows)
-        for part in self.mapped:
+        return {"window": gather_parts(self._part, self.plan, windows, self._release)}
+
+    def _release(self, part: np.ndarray) -> None:
+        if id(part) in self.mapped:  # parts stay referenced in self.parts: ids are stable
             _unmap(part)
-        return {"window": out}
 
 
 _PAGE = mmap.PAGESIZE
@@ -229,18 +232,22 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
-def gather_parts(get_part, plan: Plan, windows: np.ndarray) -> np.ndarray:
-    """Windows (maxlen + 1 ids each) by global number, from parts fetched by index."""
+def gather_parts(get_part, plan: Plan, windows: np.ndarray, release=None) -> np.ndarray:
+    """Windows (maxlen + 1 ids each) by global number, from parts fetched by
+    index; release(part), if given, once a part's windows are read."""
     part, start = plan.starts(windows)
+    release = release or (lambda _: None)
     if len(plan.lengths) == 1:
-        return gather(get_part(0), start, plan.maxlen)
-    first = get_part(int(part[0]))
-    out = np.empty((len(windows), plan.maxlen + 1), dtype=first.dtype)
+        out = gather(get_part(0), start, plan.maxlen)
+        release(get_part(0))
+        return out
+    out = np.empty((len(windows), plan.maxlen + 1), dtype=get_part(int(part[0])).dtype)
     by_part = np.argsort(part, kind="stable")
     edges = np.flatnonzero(np.diff(part[by_part])) + 1
     for group in np.split(by_part, edges):
-        p = int(part[group[0]])
-        out[group] = gather(get_part(p), start[group], plan.maxlen)
+        p = get_part(int(part[group[0]]))
+        out[group] = gather(p, start[group], plan.maxlen)
+        release(p)
     return out
 
 

@@ -146,8 +146,9 @@ def test_gather_processes_hold_no_store_pages_between_blocks(ray_local):
     from charlm.stream import _Gather
 
     n = 32 << 20
-    ids = (np.arange(n) % 251).astype(np.uint8)
-    plan = Plan(lengths=(n,), maxlen=MAXLEN, step=STEP, batch_size=1024, num_workers=1, seed=0)
+    ids = [(np.arange(n // 2) % k).astype(np.uint8) for k in (251, 241)]  # two parts
+    plan = Plan(lengths=(n // 2, n // 2), maxlen=MAXLEN, step=STEP, batch_size=1024,
+                num_workers=1, seed=0)
     rows = np.random.default_rng(0).choice(plan.rows_per_epoch, 100_000, replace=False)
 
     @ray.remote
@@ -158,8 +159,8 @@ def test_gather_processes_hold_no_store_pages_between_blocks(ray_local):
         grown = psutil.Process().memory_info().shared - before
         return grown, first, g({"id": rows})["window"]
 
-    grown, first, second = ray.get(gather_twice.remote([ray.put(ids)]))
-    _, starts = plan.starts(plan.windows_of(rows, 0, 1))
-    expected = ids[starts[:, None] + np.arange(MAXLEN + 1)]
+    grown, first, second = ray.get(gather_twice.remote([ray.put(a) for a in ids]))
+    part, starts = plan.starts(plan.windows_of(rows, 0, 1))
+    expected = np.stack([ids[p][s:s + MAXLEN + 1] for p, s in zip(part, starts, strict=True)])
     assert (first == expected).all() and (second == expected).all()
     assert grown < n // 4, f"the gather process still maps {grown >> 20} MB of the store"
