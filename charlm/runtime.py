@@ -171,8 +171,10 @@ def init_ray(verbose: bool = False, cpus_needed: int = 1) -> None:
         # Ray starts workers at nice 15 by default: on a small machine any
         # normal-priority process (dashboard, metrics) then halves training.
         os.environ.setdefault("RAY_worker_niceness", "0")
+        # No dashboard: nothing of charlm's reads it locally, and its ten
+        # processes held ~1 GB (a joined cluster keeps its own, for job submission).
         ray.init(num_cpus=max(os.cpu_count() or 1, cpus_needed + 2),
-                 dashboard_host="127.0.0.1", **kwargs)
+                 include_dashboard=False, **kwargs)
     import ray.data
 
     ctx = ray.data.DataContext.get_current()

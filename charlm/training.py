@@ -199,7 +199,9 @@ def train(config: TrainConfig) -> str:
     """Train (or resume) a run; returns the URI of its best checkpoint."""
     import ray
     import ray.train
-    from ray.train.tensorflow import TensorflowTrainer
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    from charlm.backend import TFConfig
 
     job_started = psutil.Process().create_time()  # whole job: imports and Ray start-up too
     config.validate()
@@ -256,8 +258,11 @@ def train(config: TrainConfig) -> str:
         "parts": corpus.train, "part_lengths": corpus.train_lengths,
         "val_windows": corpus.heldout_windows,
     }
-    trainer = TensorflowTrainer(
+    # TensorflowTrainer, but without importing TensorFlow here and in Ray
+    # Train's controller (charlm.backend).
+    trainer = DataParallelTrainer(
         train_loop,
+        backend_config=TFConfig(),
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.num_workers, use_gpu=config.use_gpu,

@@ -134,3 +134,33 @@ def test_a_batch_rounds_down_to_a_multiple_of_the_workers():
     assert round_batch(5, 8) == 8
     with pytest.raises(ValueError):
         Plan((100,), MAXLEN, STEP, 1024, 3, seed=0)
+
+
+def test_gather_processes_hold_no_store_pages_between_blocks(ray_local):
+    """A part read from the object store is read in place; after a block the
+    gather process no longer maps its pages (or its RSS grew to the whole
+    corpus), and the next block reads them again intact."""
+    import psutil
+    import ray
+
+    from charlm.stream import _Gather
+
+    n = 32 << 20
+    ids = [(np.arange(n // 2) % k).astype(np.uint8) for k in (251, 241)]  # two parts
+    plan = Plan(lengths=(n // 2, n // 2), maxlen=MAXLEN, step=STEP, batch_size=1024,
+                num_workers=1, seed=0)
+    rows = np.random.default_rng(0).choice(plan.rows_per_epoch, 100_000, replace=False)
+
+    @ray.remote
+    def gather_twice(parts):
+        g = _Gather(parts, plan, 0, 1)
+        before = psutil.Process().memory_info().shared
+        first = g({"id": rows})["window"]
+        grown = psutil.Process().memory_info().shared - before
+        return grown, first, g({"id": rows})["window"]
+
+    grown, first, second = ray.get(gather_twice.remote([ray.put(a) for a in ids]))
+    part, starts = plan.starts(plan.windows_of(rows, 0, 1))
+    expected = np.stack([ids[p][s:s + MAXLEN + 1] for p, s in zip(part, starts, strict=True)])
+    assert (first == expected).all() and (second == expected).all()
+    assert grown < n // 4, f"the gather process still maps {grown >> 20} MB of the store"
