@@ -19,10 +19,11 @@ Ray's map-task worker processes.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
+
+from benchmarks.common import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The shared copy of the seed's corpus beside the checkout (or a worktree of
@@ -136,9 +137,7 @@ def main() -> None:
               f"   (target {r['target']:,}; first batch "
               f"{r['worker_path']['first_batch_s']} s)", flush=True)
     results["load_average_after"] = os.getloadavg()
-    os.makedirs(os.path.dirname(args.json), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(results, f, indent=1)
+    write_json(args.json, results)
     print(f"results: {args.json}")
 
 

@@ -28,6 +28,8 @@ import time
 
 import psutil
 
+from benchmarks.common import write_json
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILE_MB = 10
 STEPS = 20
@@ -174,9 +176,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"largest process grows {results['largest_process_growth']:+.1%}", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(os.path.dirname(args.json), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        write_json(args.json, results)
         print(f"results: {args.json}")
 
 

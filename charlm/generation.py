@@ -15,6 +15,8 @@ import shutil
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -121,19 +123,27 @@ def check_top_p(top_p: float) -> None:
                           "(1: all characters)")
 
 
-def load_checkpoint(uri: str):
-    """(model, meta) of a checkpoint, any failure to load it as a CharlmError."""
+@contextmanager
+def _fetched(uri: str) -> Iterator[str]:
+    """A local directory with the checkpoint's files, removed afterwards if it
+    was downloaded; any failure to load from it becomes a CharlmError."""
     local = checkpoint.fetch(uri)
     try:
-        return checkpoint.load_model(local)
+        yield local
     except CharlmError:
         raise
     except Exception as e:  # TF, JSON and pyarrow raise many types for a bad checkpoint
         raise CharlmError(f"checkpoint {uri} cannot be loaded ({first_line(e)}); "
                           "pass a checkpoint written by jobs.train") from e
     finally:
-        if local != uri:  # a download: the weights are in memory now
+        if local != uri:  # a download: what was read is in memory now
             shutil.rmtree(local, ignore_errors=True)
+
+
+def load_checkpoint(uri: str):
+    """(Keras model, meta) of a checkpoint."""
+    with _fetched(uri) as local:
+        return checkpoint.load_model(local)
 
 
 def read_meta(uri: str) -> dict:
@@ -153,21 +163,13 @@ def read_meta(uri: str) -> dict:
 
 
 def load_weights(uri: str):
-    """(sampling.Weights, meta) of a checkpoint, read without building a Keras
-    model; any failure to load it as a CharlmError."""
+    """(sampling.Weights, meta) of a checkpoint, read without building a Keras model."""
     from charlm.sampling import weights_from_checkpoint
 
-    local = checkpoint.fetch(uri)
-    try:
+    with _fetched(uri) as local:
         meta = checkpoint.read_meta(local)
         layers = TrainConfig.from_dict(meta["config"]).layers
         return weights_from_checkpoint(os.path.join(local, checkpoint.STATE), layers), meta
-    except Exception as e:  # TF, JSON and pyarrow raise many types for a bad checkpoint
-        raise CharlmError(f"checkpoint {uri} cannot be loaded ({first_line(e)}); "
-                          "pass a checkpoint written by jobs.train") from e
-    finally:
-        if local != uri:  # a download: the weights are in memory now
-            shutil.rmtree(local, ignore_errors=True)
 
 
 def run_corpus(meta: dict):

@@ -56,16 +56,6 @@ def cluster(s3: dict[str, str]) -> Iterator[Cluster]:
         yield c
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> str:
-    words = ("the quick brown fox jumps over the lazy dog while a wizard quietly "
-             "boxes seven jugs of plum jam ").split()
-    text = " ".join(words[(i * 7) % len(words)] for i in range(4000))
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text(text)
-    return str(path)
-
-
 def s3_exists(uri: str) -> bool:
     fs, path = pafs.FileSystem.from_uri(uri)
     return fs.get_file_info(path).type != pafs.FileType.NotFound

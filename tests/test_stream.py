@@ -4,20 +4,10 @@ batches every epoch, identical after a resume, whatever the worker count."""
 import numpy as np
 import pytest
 
-from charlm import runtime
 from charlm.stream import Permutation, Plan, round_batch, worker_stream
 from charlm.windows import window_starts
 
 MAXLEN, STEP = 8, 3
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    runtime.init_ray(cpus_needed=2)
-    yield
-    ray.shutdown()
 
 
 def numbered_parts(lengths):

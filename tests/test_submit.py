@@ -38,16 +38,6 @@ def head() -> Iterator[Cluster]:
         yield cluster
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> str:
-    words = ("the quick brown fox jumps over the lazy dog while a wizard quietly "
-             "boxes seven jugs of plum jam ").split()
-    text = " ".join(words[(i * 7) % len(words)] for i in range(4000))
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text(text)
-    return str(path)
-
-
 def test_pipeline_job_succeeds_and_outputs_are_where_it_says(head: Cluster, corpus: str,
                                                             tmp_path) -> None:
     storage = tmp_path / "runs"

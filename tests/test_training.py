@@ -14,22 +14,13 @@ import pandas as pd
 import psutil
 import pytest
 
-from charlm import checkpoint, runtime
+from charlm import checkpoint
 from charlm.config import make_config
 from charlm.corpus import load_corpus
 from charlm.training import HISTORY, train
 
 TINY = dict(objective="all", maxlen=32, step=32, batch_size=32, units=32,
             learning_rate=0.01, clipnorm=1.0)
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    runtime.init_ray(cpus_needed=2)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

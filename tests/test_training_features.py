@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from charlm import checkpoint, runtime
+from charlm import checkpoint
 from charlm.config import make_config
 from charlm.corpus import load_corpus
 from charlm.errors import CharlmError
@@ -25,15 +25,6 @@ TINY = dict(objective="all", maxlen=32, step=32, batch_size=32, units=32,
             learning_rate=0.01, clipnorm=1.0)
 TINY_FLAGS = ["--objective", "all", "--maxlen", "32", "--step", "32", "--batch-size", "32",
               "--units", "32", "--clipnorm", "1.0"]
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    runtime.init_ray(cpus_needed=2)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
