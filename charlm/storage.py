@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import posixpath
 import uuid
 
 import pyarrow.fs as pafs
@@ -40,9 +41,13 @@ def exists(path: str) -> bool:
 
 
 def check_writable(path: str, flag: str) -> None:
-    """Fail before any work starts, not after hours of training."""
+    """Fail before any work starts, not after hours of training. Leaves nothing
+    behind: directories it had to create are removed again, so a job refused
+    later (say for a local path on a multi-node cluster) has written nothing."""
     fs, p = resolve(path)
-    probe = f"{p.rstrip('/')}/.charlm-write-probe-{uuid.uuid4().hex}"
+    p = p.rstrip("/")
+    created = _topmost_missing(fs, p)
+    probe = f"{p}/.charlm-write-probe-{uuid.uuid4().hex}"
     try:
         fs.create_dir(p, recursive=True)
         with fs.open_output_stream(probe) as f:
@@ -51,3 +56,22 @@ def check_writable(path: str, flag: str) -> None:
     except Exception as e:
         raise CharlmError(f"{flag} {path} cannot be written ({first_line(e)}); "
                           "choose a directory or bucket you can write to") from e
+    finally:
+        if created:
+            try:
+                fs.delete_dir(created)
+            except Exception:  # nothing was created, or it is already gone
+                pass
+
+
+def _topmost_missing(fs: pafs.FileSystem, path: str) -> str | None:
+    """The highest directory on the way to `path` that does not exist yet."""
+    missing = None
+    while path and path != posixpath.dirname(path):
+        try:
+            if fs.get_file_info(path).type != pafs.FileType.NotFound:
+                break
+        except Exception:  # e.g. an unreachable bucket: the probe will say why
+            break
+        missing, path = path, posixpath.dirname(path)
+    return missing

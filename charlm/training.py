@@ -223,9 +223,9 @@ def train(config: TrainConfig) -> str:
         init_from = config.init_from and finetune.plan(config.init_from, source.vocab, config)
     storage_path = storage.normalize(config.storage_path)
     cpus = config.cpus_per_worker or runtime.default_cpus(config.num_workers)
+    storage.check_writable(storage_path, "--storage-path")  # before Ray starts: fails fast
     runtime.init_ray(config.verbose, cpus_needed=cpus * config.num_workers)
     runtime.require_shared(storage_path, "--storage-path", config.shared_filesystem)
-    storage.check_writable(storage_path, "--storage-path")
     if config.use_gpu:
         runtime.require_gpus(config.num_workers)
     # Ray Train retries starting its workers forever, 60 s a try: one try of
