@@ -169,15 +169,16 @@ def train_loop(loop_config: dict) -> None:
 def _samples(model, vocab: str, seed_ids: list[int], maxlen: int, epoch: int) -> str:
     """The seed's progress check: 400 characters at each of its temperatures,
     from the corpus's first maxlen characters."""
+    from charlm.corpus import decode
     from charlm.sampling import Generator, weights_from_model
 
     temperatures = (0.2, 0.5, 1.0, 1.2)
     ids, _ = Generator(weights_from_model(model), maxlen)(
         [np.asarray(seed_ids)] * len(temperatures), np.array(temperatures),
         np.arange(len(temperatures)) + 1000 * epoch, 400)
-    seed = "".join(vocab[i] for i in seed_ids)
+    seed = decode(seed_ids, vocab)
     return "\n".join([f"samples after epoch {epoch}, seed {seed!r}:"] + [
-        f"  T={t}: {''.join(vocab[i] for i in row)!r}"
+        f"  T={t}: {decode(row, vocab)!r}"
         for t, row in zip(temperatures, ids, strict=True)])
 
 
