@@ -1,8 +1,10 @@
-"""What every job shares: the error convention (one line on stderr, exit 2)."""
+"""What every job shares: the error convention (one line on stderr, exit 2) and
+options built from parsed flags."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 from collections.abc import Callable
@@ -56,3 +58,9 @@ def job_main(name: str, doc: str | None,
     add_arguments(parser)
     args = parser.parse_args(argv)
     run_job(lambda: run(args))
+
+
+def options_from(cls: type, args: argparse.Namespace):
+    """A job's options dataclass from its parsed flags (field names are the flags' dests)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in vars(args).items() if k in names})

@@ -5,9 +5,8 @@ for TF Serving or tf.saved_model.load without charlm:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
-from charlm.cli import job_main
+from charlm.cli import job_main, options_from
 from charlm.export import ExportOptions, export
 from charlm.generation import CONTEXT_MODES
 
@@ -30,8 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> str:
-    names = {f.name for f in dataclasses.fields(ExportOptions)}
-    return export(ExportOptions(**{k: v for k, v in vars(args).items() if k in names}))
+    return export(options_from(ExportOptions, args))
 
 
 def main(argv: list[str] | None = None) -> None:

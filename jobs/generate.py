@@ -4,9 +4,8 @@ Parquet: `python -m jobs.generate --help`."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
-from charlm.cli import job_main
+from charlm.cli import job_main, options_from
 from charlm.generation import CONTEXT_MODES, GenerateOptions, generate
 
 D = GenerateOptions  # the defaults live there, for callers that skip the flags
@@ -62,8 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> str:
-    names = {f.name for f in dataclasses.fields(GenerateOptions)}
-    return generate(GenerateOptions(**{k: v for k, v in vars(args).items() if k in names}))
+    return generate(options_from(GenerateOptions, args))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,9 +5,8 @@ jobs.generate row for the same request."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
-from charlm.cli import job_main
+from charlm.cli import job_main, options_from
 from charlm.generation import CONTEXT_MODES
 from charlm.sampler import SampleOptions, sample
 
@@ -41,8 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> str:
-    names = {f.name for f in dataclasses.fields(SampleOptions)}
-    return sample(SampleOptions(**{k: v for k, v in vars(args).items() if k in names}))
+    return sample(options_from(SampleOptions, args))
 
 
 def main(argv: list[str] | None = None) -> None:
