@@ -54,7 +54,7 @@ def child(spec: dict) -> None:
     from charlm.config import VAL_MAXLEN, VAL_STEP, make_config
     from charlm.corpus import load_corpus
     from charlm.model import build_model, compile_model, held_out_scorer, split_xy, without_autotune
-    from charlm.training import steps_per_epoch
+    from charlm.training import make_plan
     from charlm.windows import split, window_starts, windows
 
     runtime.set_training_threads(spec["threads"])
@@ -63,7 +63,7 @@ def child(spec: dict) -> None:
     corpus = load_corpus(spec["corpus"], min_chars=config.maxlen + 1)
     train_ids, val_ids = split(corpus.ids, config.val_frac, config.maxlen, VAL_MAXLEN)
     starts = window_starts(len(train_ids), config.maxlen, config.step)
-    per_epoch = steps_per_epoch(len(starts), config)
+    per_epoch = make_plan([len(train_ids)], config).steps  # the trainer's steps per epoch
     total = config.epochs * per_epoch  # the schedule's length, as the trainer sets it
     steps = min(spec["steps"] or total, total)
     every = spec["eval_every"] or per_epoch

@@ -1,15 +1,23 @@
 """Optimizer levers (Adam, global-norm clipping, warm-up) and the gpu and
-quality presets: they build, step, and clip the whole summed gradient."""
+quality presets: they build, step, and clip the whole summed gradient; the
+benchmark that tunes them runs."""
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from charlm.config import PRESETS, TrainConfig, make_config
+from charlm.config import PRESETS, VAL_MAXLEN, TrainConfig, make_config
+from charlm.corpus import load_corpus
 from charlm.errors import CharlmError
 from charlm.model import build_model, compile_model, learning_rate, split_xy
+from charlm.training import make_plan
+from charlm.windows import split
 from jobs.train import add_arguments, config_from
 
 
@@ -110,3 +118,20 @@ def test_seed_quick_and_fast_presets_are_unchanged():
     assert PRESETS["quick"] == {**fast, "epochs": 6}
     assert PRESETS["fast"] == {**fast, "epochs": 80}
     assert make_config("seed").optimizer == "rmsprop" and make_config("fast").warmup_steps == 0
+
+
+def test_recipes_benchmark_scores_a_preset_at_the_steps_asked(corpus, tmp_path):
+    """benchmarks.recipes trains as the trainer plans its epochs (it once
+    imported a helper the data stream had replaced, and failed at once)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "recipes.json"
+    subprocess.run([sys.executable, "-m", "benchmarks.recipes", "--presets", "quick",
+                    "--steps", "4", "--eval-every", "2", "--corpus", corpus, "--json", str(out)],
+                   cwd=root, check=True, stdout=subprocess.DEVNULL)
+    run = json.loads(out.read_text())["runs"][0]
+    assert [e["step"] for e in run["evals"]] == [2, 4]
+    assert all(np.isfinite(e["val_loss"]) for e in run["evals"])
+    config = make_config("quick")
+    train_ids, _ = split(load_corpus(corpus).ids, config.val_frac, config.maxlen, VAL_MAXLEN)
+    assert run["steps_per_epoch"] == make_plan([len(train_ids)], config).steps
+    assert (out.parent / "recipes.png").exists()
