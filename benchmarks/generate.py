@@ -8,12 +8,13 @@ Issue 12's yardstick, in one invocation: a seed-sized checkpoint (LSTM(128),
 maxlen 40), 4,096 requests (1,024 seeds × the seed's 4 temperatures) × 400
 characters. Measures the seed loop (as in seed_reference.py) on
 --baseline-chars characters; each mode's kernel in this process on the job's
-work (every request, in batches of --batch-size); and each mode as
-`python -m jobs.generate` in a fresh process, as a user runs it: start-up
-(launch to the first batch's start; also to its end), generating throughput
-(first batch's start to last batch's end, from the rows' generated_at and
-seconds) and the whole job (launch to exit). Prints a table against the
-issue's targets, writes JSON.
+work (every request, in batches of the job's default size, or
+--batch-size); and each mode as `python -m jobs.generate` in a fresh process,
+as a user runs it: start-up (launch to the first batch's start; also to its
+end), generating throughput (first batch's start to last batch's end, from
+the rows' generated_at and seconds) and the whole job (launch to exit). Each
+kernel and job runs --repeats times and the medians are reported. Prints a
+table against the issue's targets, writes JSON.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -124,7 +126,7 @@ def kernel(meta: dict, weights, mode: str, requests: int, length: int,
 
 
 def job(run: str, mode: str, requests: int, length: int, output: str,
-        batch_size: int) -> dict:
+        batch_size: int | None) -> dict:
     """`python -m jobs.generate` as a user runs it, in a fresh process: start-up
     (launch to the first batch's start, and to its end), generating throughput
     (first batch's start to last batch's end) and the whole job (launch to exit),
@@ -136,7 +138,9 @@ def job(run: str, mode: str, requests: int, length: int, output: str,
     argv = [sys.executable, "-m", "jobs.generate", "--checkpoint", run, "--output", output,
             "--overwrite", "--num-seeds", str(requests // len(TEMPERATURES) - 1),
             "--temperatures", ",".join(map(str, TEMPERATURES)), "--length", str(length),
-            "--context-mode", mode, "--batch-size", str(batch_size)]
+            "--context-mode", mode]
+    if batch_size is not None:  # else the job's default, as a user runs it
+        argv += ["--batch-size", str(batch_size)]
     env = {**os.environ, "PYTHONPATH": ROOT}
     env.pop("RAY_ADDRESS", None)
     launched = time.time()
@@ -148,7 +152,8 @@ def job(run: str, mode: str, requests: int, length: int, output: str,
                                              seconds=("seconds", "sum"))
     ends = batches.index.map(lambda t: t.timestamp()).to_numpy()
     starts = ends - batches["seconds"].to_numpy()
-    return {"rows": len(df), "batches": len(batches), "batch_size": batch_size,
+    return {"rows": len(df), "batches": len(batches),
+            "batch_size": int(batches["rows"].max()),
             "startup_s": starts.min() - launched,
             "first_batch_done_s": ends.min() - launched,
             "generating_s": ends.max() - starts.min(),
@@ -156,6 +161,17 @@ def job(run: str, mode: str, requests: int, length: int, output: str,
             "whole_s": exited - launched, "chars_per_s": chars / (exited - launched),
             "mean_logprob": df.groupby("temperature")["mean_logprob"].mean().round(4)
             .to_dict()}
+
+
+def median_run(runs: list[dict]) -> dict:
+    """Each timing's median over the runs (this machine's run-to-run spread is
+    ±15%), the rest from the last run, and every run kept."""
+    out = dict(runs[-1])
+    for key in ("startup_s", "first_batch_done_s", "generating_s", "generating_chars_per_s",
+                "whole_s", "chars_per_s"):
+        out[key] = statistics.median(r[key] for r in runs)
+    out["runs"] = [{k: v for k, v in r.items() if k != "mean_logprob"} for r in runs]
+    return out
 
 
 def identical_share(window: str, stateful: str) -> dict:
@@ -177,8 +193,11 @@ def main() -> None:
     p.add_argument("--baseline-chars", type=int, default=200)
     p.add_argument("--requests", type=int, default=4096)
     p.add_argument("--length", type=int, default=400)
-    p.add_argument("--batch-size", type=int, default=256,
-                   help="the job's --batch-size, and the kernel's batches")
+    p.add_argument("--batch-size", type=int,
+                   help="the job's --batch-size, and the kernel's batches (default: the "
+                        "job's own default for --requests on one actor)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="runs of each kernel and job; the medians are reported")
     p.add_argument("--cpus", type=int, default=os.cpu_count() or 1,
                    help="TF threads for the kernels here (the job's actor takes the "
                         "machine's cores by default)")
@@ -206,7 +225,7 @@ WINDOW_CEILING = 36_000
 
 
 def measure(args: argparse.Namespace, work: str) -> dict:
-    from charlm.generation import load_checkpoint, load_weights, run_corpus
+    from charlm.generation import batch_size_for, load_checkpoint, load_weights, run_corpus
 
     corpus = args.corpus if os.path.exists(args.corpus) else "python-docs"
     run = args.checkpoint or train_quick(corpus, args.train_steps, work)
@@ -218,21 +237,27 @@ def measure(args: argparse.Namespace, work: str) -> dict:
 
     results = {"checkpoint": uri, "cpus": os.cpu_count(), "threads": args.cpus,
                "load_before": os.getloadavg()[0], "requests": args.requests,
-               "length": args.length, "batch_size": args.batch_size,
+               "length": args.length, "repeats": args.repeats,
                "baseline_chars": args.baseline_chars,
                "window_mflop_per_char": maxlen * 2 * units * 4 * units / 1e6}
     base = seed_loop(model, meta["vocab"], sentence, args.baseline_chars)
     results["seed_loop"] = {"chars_per_s": base}
     print(f"seed loop: {base:.1f} chars/s", flush=True)
+    batch = args.batch_size or batch_size_for(args.requests, 1)
+    results["batch_size"] = batch
     for mode in ("window", "stateful"):
-        speed = kernel(meta, weights, mode, args.requests, args.length, args.batch_size)
-        results[f"{mode}_kernel"] = {"chars_per_s": speed}
-        print(f"{mode} kernel: {speed:,.0f} chars/s", flush=True)
-        results[f"{mode}_job"] = r = job(run, mode, args.requests, args.length,
-                                         os.path.join(work, f"gen-{mode}"), args.batch_size)
-        print(f"{mode} job: start-up {r['startup_s']:.1f} s, generating "
-              f"{r['generating_chars_per_s']:,.0f} chars/s, whole {r['whole_s']:.1f} s",
-              flush=True)
+        speeds = [kernel(meta, weights, mode, args.requests, args.length, batch)
+                  for _ in range(args.repeats)]
+        results[f"{mode}_kernel"] = {"chars_per_s": statistics.median(speeds), "runs": speeds}
+        print(f"{mode} kernel: {', '.join(f'{v:,.0f}' for v in speeds)} chars/s", flush=True)
+        runs = []
+        for _ in range(args.repeats):
+            runs.append(r := job(run, mode, args.requests, args.length,
+                                 os.path.join(work, f"gen-{mode}"), args.batch_size))
+            print(f"{mode} job: start-up {r['startup_s']:.1f} s, generating "
+                  f"{r['generating_chars_per_s']:,.0f} chars/s, whole {r['whole_s']:.1f} s",
+                  flush=True)
+        results[f"{mode}_job"] = median_run(runs)
     results["load_after"] = os.getloadavg()[0]
     results["identical_texts"] = identical_share(os.path.join(work, "gen-window"),
                                                  os.path.join(work, "gen-stateful"))

@@ -70,7 +70,7 @@ class GenerateOptions:
     rng_seed: int = 0
     unknown_chars: str = "error"
     concurrency: int = 1
-    batch_size: int = 256
+    batch_size: int | None = None  # None: batch_size_for(requests, concurrency)
     cpus_per_actor: int | None = None
     use_gpu: bool = False
     placement_timeout: float = 1200.0  # s to wait for the actors (a GPU cold start)
@@ -105,7 +105,8 @@ def _check_options(o: GenerateOptions) -> None:
     for flag, value, least in (("--length", o.length, 1), ("--samples-per-seed",
                                o.samples_per_seed, 1), ("--num-seeds", o.num_seeds, 0),
                                ("--concurrency", o.concurrency, 1),
-                               ("--batch-size", o.batch_size, 1), ("--top-k", o.top_k, 0),
+                               ("--batch-size", 1 if o.batch_size is None else o.batch_size, 1),
+                               ("--top-k", o.top_k, 0),
                                ("--cpus-per-actor", o.cpus_per_actor or 1, 1)):
         if value < least:
             raise CharlmError(f"{flag} is {value}; it must be at least {least}")
@@ -296,6 +297,19 @@ def rng_seed(base: int, seed_text: str, temperature: float, sample_index: int) -
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") >> 1
 
 
+# The kernels run faster per character at larger batches (2 cores, LSTM(128):
+# window 18.5k -> 26.2k chars/s, stateful 410k -> 546k from 256 to 1,024
+# requests), and Ray Data's hand-off between batches (~90 ms each) is paid
+# 4 times instead of 16 for 4,096 requests (BENCHMARKS.md).
+MAX_BATCH = 1024
+
+
+def batch_size_for(n_requests: int, concurrency: int) -> int:
+    """The default --batch-size: up to MAX_BATCH requests per call, but small
+    enough that every actor gets a batch."""
+    return max(1, min(MAX_BATCH, -(-n_requests // concurrency)))
+
+
 def requests(seeds: list[str], temperatures: list[float], samples: int,
              base: int) -> list[dict]:
     return [{"seed_text": s, "temperature": t, "sample_index": k,
@@ -370,6 +384,8 @@ def generate(o: GenerateOptions) -> str:
     uri = checkpoint.locate(o.checkpoint)
     meta = read_meta(uri)  # fail here, fast, rather than in every actor
     rows = requests(collect_seeds(o, meta), temperatures, o.samples_per_seed, o.rng_seed)
+    batch_size = (batch_size_for(len(rows), o.concurrency) if o.batch_size is None
+                  else o.batch_size)
     output = storage.normalize(o.output)
     cpus = o.cpus_per_actor or runtime.default_cpus(o.concurrency)
     runtime.init_ray(o.verbose, cpus_needed=cpus * o.concurrency)
@@ -386,7 +402,7 @@ def generate(o: GenerateOptions) -> str:
     with staged_output(output, o.overwrite) as (fs, tmp):
         print(f"generating {len(rows):,} samples × {o.length} characters "
               f"({o.context_mode} context) from {uri}", flush=True)
-        requested = ray.data.from_items(rows, override_num_blocks=-(-len(rows) // o.batch_size))
+        requested = ray.data.from_items(rows, override_num_blocks=-(-len(rows) // batch_size))
         ctx = requested.context  # this job's own copy of the DataContext
         # Ray Data's progress bar is the job's progress indicator, verbose or
         # not; the rich one, as the tqdm one needs tqdm, which is not installed.
@@ -397,7 +413,7 @@ def generate(o: GenerateOptions) -> str:
         ctx.wait_for_min_actors_s = o.placement_timeout
         try:
             (requested
-             .map_batches(Generate, batch_format="pyarrow", batch_size=o.batch_size,
+             .map_batches(Generate, batch_format="pyarrow", batch_size=batch_size,
                           concurrency=o.concurrency, num_cpus=cpus,
                           num_gpus=1 if o.use_gpu else None,
                           fn_constructor_kwargs={"uri": uri, "context_mode": o.context_mode,

@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--concurrency", type=int, default=D.concurrency,
       help="generation actors (default %(default)s)")
     a("--batch-size", type=int, default=D.batch_size,
-      help="requests generated together per call (default %(default)s)")
+      help="requests generated together per call (default: up to 1,024, fewer if "
+           "needed to give every actor a batch)")
     a("--cpus-per-actor", type=int,
       help="CPUs (and TF threads) per actor (default: this machine's cores / "
            "--concurrency; 1 on a cluster)")

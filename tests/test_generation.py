@@ -20,7 +20,7 @@ import ray
 from charlm import checkpoint, runtime
 from charlm.config import TrainConfig
 from charlm.corpus import load_corpus
-from charlm.generation import GenerateOptions, collect_seeds
+from charlm.generation import GenerateOptions, batch_size_for, collect_seeds
 from charlm.model import build_model, compile_model, split_xy
 from charlm.windows import holdout_start, windows
 from jobs import generate as job
@@ -122,11 +122,15 @@ def test_output_schema_and_every_request_present(first, run_dir, corpus, capsys)
 
 
 def test_same_texts_whatever_the_batches_and_actors(first, run_dir):
-    """Rerun one row per call on two actors, over the first output (--overwrite)."""
+    """Rerun on two actors, over the first output (--overwrite), with the
+    default batch size: every actor gets a batch (30 requests: 2 of 15), where
+    the first run took all 30 in one batch of up to 64."""
     path, before = first
-    again = run_job("--checkpoint", run_dir, *REQUEST, "--batch-size", 1, "--concurrency", 2,
+    again = run_job("--checkpoint", run_dir, *REQUEST, "--concurrency", 2,
                     "--cpus-per-actor", 1, "--output", path, "--overwrite")
     after = pd.read_parquet(again)
+    assert after.groupby("generated_at").size().tolist() == [15, 15]
+    assert before.groupby("generated_at").size().tolist() == [30]
     assert after["run_id"].iloc[0] != before["run_id"].iloc[0]
     assert after["rng_seed"].tolist() == before["rng_seed"].tolist()  # request order kept
     key = ["seed_text", "temperature", "sample_index"]
@@ -136,6 +140,12 @@ def test_same_texts_whatever_the_batches_and_actors(first, run_dir):
     assert (merged["rng_seed"] == merged["rng_seed_again"]).all()
     np.testing.assert_allclose(merged["mean_logprob"], merged["mean_logprob_again"], atol=1e-9)
     assert leftovers(path) == [os.path.basename(path)]
+
+
+def test_default_batch_is_up_to_1024_requests_and_one_per_actor_at_least():
+    assert batch_size_for(4096, 1) == 1024
+    assert batch_size_for(4096, 8) == 512
+    assert batch_size_for(30, 2) == 15 and batch_size_for(1, 4) == 1
 
 
 def test_stateful_mode_with_top_k_and_top_p(run_dir, tmp_path, capsys):
