@@ -53,7 +53,14 @@ def child(spec: dict) -> None:
 
     from charlm.config import VAL_MAXLEN, VAL_STEP, make_config
     from charlm.corpus import load_corpus
-    from charlm.model import build_model, compile_model, held_out_scorer, split_xy, without_autotune
+    from charlm.model import (
+        averaged,
+        build_model,
+        compile_model,
+        held_out_scorer,
+        split_xy,
+        without_autotune,
+    )
     from charlm.training import make_plan
     from charlm.windows import split, window_starts, windows
 
@@ -92,7 +99,8 @@ def child(spec: dict) -> None:
     def end(epoch, logs):
         clock["train_s"] += time.perf_counter() - clock["started"]
         t0 = time.perf_counter()
-        val_loss = score(val)
+        with averaged(model):  # the weights the trainer scores (--weight-average)
+            val_loss = score(val)
         print(json.dumps({"step": (epoch + 1) * every, "loss": float(logs["loss"]),
                           "val_loss": round(val_loss, 4), "train_s": round(clock["train_s"], 2),
                           "eval_s": round(time.perf_counter() - t0, 2)}), flush=True)

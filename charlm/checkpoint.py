@@ -52,9 +52,13 @@ def restore(directory: str, model, with_optimizer: bool = True) -> None:
     status.expect_partial()
     status.assert_existing_objects_matched()
     if with_optimizer:
-        # Resuming training: dropout's generators too (absent from older
-        # checkpoints, which then resume with fresh ones).
-        from charlm.model import dropout_generators
+        # Resuming training: the weights as trained back in the model (a
+        # checkpoint holds the average there, model.swap_average), and
+        # dropout's generators (absent from older checkpoints, which then
+        # resume with fresh ones).
+        from charlm.model import dropout_generators, swap_average
+
+        swap_average(model)
 
         tf.train.Checkpoint(rng=tf.train.Checkpoint(**dropout_generators(model))).read(
             os.path.join(directory, STATE)).expect_partial()

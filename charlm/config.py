@@ -62,6 +62,10 @@ class TrainConfig:
     # the micro-batch sum) to this norm; `clipnorm` clips each tensor alone.
     global_clipnorm: float | None = None
     warmup_steps: int = 0  # linear warm-up from 0 to the learning rate, then the schedule
+    # Momentum of an exponential moving average of the weights, kept by the
+    # optimizer; the averaged weights are the ones scored, checkpointed and
+    # generated from (0: off, the weights as trained).
+    weight_average: float = 0.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -120,6 +124,9 @@ class TrainConfig:
                 raise CharlmError(f"{flag} is {value}; use a positive norm, or leave it out")
         if self.warmup_steps < 0:
             raise CharlmError(f"--warmup-steps is {self.warmup_steps}; use 0 or more")
+        if not 0.0 <= self.weight_average < 1.0:
+            raise CharlmError(f"--weight-average is {self.weight_average}; use a momentum in "
+                              "[0, 1), such as 0.99 (0: off)")
 
 
 # The fast recipe predicts every position of non-overlapping 64-character

@@ -9,7 +9,8 @@ LSTM layer's output instead.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -132,9 +133,41 @@ def compile_model(model: CharLM, config: TrainConfig, total_steps: int = 1) -> N
     model.micro_batch = None if config.use_gpu else config.micro_batch
     optimizer = {"rmsprop": tf.keras.optimizers.RMSprop, "adam": tf.keras.optimizers.Adam}[
         config.optimizer](learning_rate=learning_rate(config, total_steps),
-                          clipnorm=config.clipnorm, global_clipnorm=config.global_clipnorm)
+                          clipnorm=config.clipnorm, global_clipnorm=config.global_clipnorm,
+                          use_ema=config.weight_average > 0,
+                          ema_momentum=config.weight_average or 0.99)
     model.compile(optimizer=optimizer, loss=tf.keras.losses.SparseCategoricalCrossentropy(),
                   steps_per_execution=STEPS_PER_EXECUTION if config.num_workers > 1 else 1)
+
+
+def swap_average(model: tf.keras.Model) -> None:
+    """Exchange the model's weights with the optimizer's moving average of
+    them (--weight-average), if it keeps one. Swapping twice is a no-op.
+    Checkpoints are written swapped: their model weights are the average
+    (what scoring, generation and --init-from read), their optimizer's
+    average slots the weights as trained, which a resume swaps back. The
+    average lives in tf-keras's private optimizer fields (pinned 2.21)."""
+    optimizer = model.optimizer
+    if not getattr(optimizer, "use_ema", False):
+        return
+    with model.distribute_strategy.scope():
+        optimizer.build(model.trainable_variables)
+        for var in model.trainable_variables:
+            average = optimizer._model_variables_moving_average[
+                optimizer._index_dict[optimizer._var_key(var)]]
+            value = var.read_value()
+            var.assign(average.read_value())
+            average.assign(value)
+
+
+@contextlib.contextmanager
+def averaged(model: tf.keras.Model) -> Iterator[None]:
+    """The averaged weights in the model for the block (see swap_average)."""
+    swap_average(model)
+    try:
+        yield
+    finally:
+        swap_average(model)
 
 
 def split_xy(windows: np.ndarray, objective: str) -> tuple[np.ndarray, np.ndarray]:

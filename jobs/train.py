@@ -65,6 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--global-clipnorm", type=float,
       help="clip the whole gradient (all tensors, after the all-reduce) to this norm")
     a("--warmup-steps", type=int, help="linear warm-up from 0 to the learning rate (default 0)")
+    a("--weight-average", type=float, metavar="MOMENTUM",
+      help="score, checkpoint and generate from an exponential moving average of the "
+           "weights with this momentum, e.g. 0.99 (default 0: off)")
 
 
 def config_from(args: argparse.Namespace) -> TrainConfig:

@@ -9,7 +9,7 @@ import numpy as np
 
 from charlm import checkpoint
 from charlm.config import make_config
-from charlm.model import build_model, compile_model
+from charlm.model import averaged, build_model, compile_model
 
 
 def _model(config):
@@ -40,3 +40,37 @@ def test_restore_needs_no_files_after_it_returns(tmp_path) -> None:
     for got, want in zip(restored, slots, strict=True):
         np.testing.assert_array_equal(got, want)
     resumed.fit(x, y, batch_size=4, epochs=1, verbose=0)  # no read from `copy` at step one
+
+
+def test_weight_average_is_what_checkpoints_hold_and_a_resume_trains_on(tmp_path) -> None:
+    """--weight-average: scoring and checkpoints see the optimizer's moving
+    average of the weights; a resumed run continues from the weights as
+    trained, with the average intact."""
+    config = make_config("seed", units=8, maxlen=6, batch_size=4, weight_average=0.9)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 12, (32, 6)), rng.integers(0, 12, 32)
+    trained = _model(config)
+    for i in range(0, 32, 4):  # not fit: its end puts the average in the model for good
+        trained.train_on_batch(x[i:i + 4], y[i:i + 4])
+    raw = [v.numpy() for v in trained.trainable_variables]
+    average = [v.numpy() for v in trained.optimizer._model_variables_moving_average]
+    assert not all(np.allclose(a, r) for a, r in zip(average, raw, strict=True))
+    saved = tmp_path / "ckpt"
+    saved.mkdir()
+    with averaged(trained):
+        for v, a in zip(trained.trainable_variables, average, strict=True):
+            np.testing.assert_array_equal(v.numpy(), a)
+        checkpoint.save(str(saved), trained, {"epoch": 1})
+    for v, r in zip(trained.trainable_variables, raw, strict=True):  # swapped back
+        np.testing.assert_array_equal(v.numpy(), r)
+
+    scored = build_model(config, vocab_size=12)  # generation and --init-from: no optimizer
+    checkpoint.restore(str(saved), scored, with_optimizer=False)
+    for v, a in zip(scored.trainable_variables, average, strict=True):
+        np.testing.assert_array_equal(v.numpy(), a)
+    resumed = _model(config)
+    checkpoint.restore(str(saved), resumed)
+    for v, r in zip(resumed.trainable_variables, raw, strict=True):
+        np.testing.assert_array_equal(v.numpy(), r)
+    for v, a in zip(resumed.optimizer._model_variables_moving_average, average, strict=True):
+        np.testing.assert_array_equal(v.numpy(), a)

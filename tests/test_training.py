@@ -123,11 +123,12 @@ def _losses(run_dir: str) -> pd.DataFrame:
 
 def test_same_seed_same_losses_and_a_killed_job_resubmitted_matches_one_go(
         ray_local, corpus_file, tmp_path, capfd):
-    """One worker, dropout and a cosine schedule: everything random and
-    everything stateful (data position, dropout generator, optimizer slots and
-    step, learning rate) must resume where it stopped."""
+    """One worker, dropout, a cosine schedule and averaged weights: everything
+    random and everything stateful (data position, dropout generator,
+    optimizer slots and step, learning rate, the weights' average) must resume
+    where it stopped."""
     common = dict(corpus=corpus_file, num_workers=1, epochs=5, seed=11, dropout=0.3,
-                  lr_schedule="cosine", storage_path=str(tmp_path), **TINY)
+                  lr_schedule="cosine", weight_average=0.9, storage_path=str(tmp_path), **TINY)
     train(make_config(None, name="whole", **common))
     whole = _losses(os.path.join(tmp_path, "whole"))
 
@@ -152,10 +153,11 @@ def test_same_seed_same_losses_and_a_killed_job_resubmitted_matches_one_go(
 
 def test_two_workers_reproduce_a_run_through_a_worker_restart(ray_local, corpus_file,
                                                                 tmp_path, capfd):
-    """Two workers, an odd batch (rounded down to 32 and reported): a run whose
-    worker is killed after epoch 1, then replaced by Ray Train, gives the same
-    per-epoch losses as the same run done in one go."""
+    """Two workers, an odd batch (rounded down to 32 and reported), averaged
+    weights: a run whose worker is killed after epoch 1, then replaced by Ray
+    Train, gives the same per-epoch losses as the same run done in one go."""
     common = dict(corpus=corpus_file, num_workers=2, epochs=4, max_failures=1, seed=3,
+                  weight_average=0.9,
                   storage_path=str(tmp_path), **{**TINY, "batch_size": 33})
     train(make_config(None, name="whole", **common))
     assert "training at 32 (16 per worker)" in capfd.readouterr().out
