@@ -135,7 +135,11 @@ def compile_model(model: CharLM, config: TrainConfig, total_steps: int = 1) -> N
         config.optimizer](learning_rate=learning_rate(config, total_steps),
                           clipnorm=config.clipnorm, global_clipnorm=config.global_clipnorm,
                           use_ema=config.weight_average > 0,
-                          ema_momentum=config.weight_average or 0.99)
+                          ema_momentum=config.weight_average or 0.99,
+                          # Never copy the average into the weights being
+                          # trained (tf-keras's RMSprop does so every 100
+                          # steps by default).
+                          ema_overwrite_frequency=None)
     model.compile(optimizer=optimizer, loss=tf.keras.losses.SparseCategoricalCrossentropy(),
                   steps_per_execution=STEPS_PER_EXECUTION if config.num_workers > 1 else 1)
 

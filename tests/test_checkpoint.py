@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import tensorflow as tf
 
 from charlm import checkpoint
 from charlm.config import make_config
@@ -74,3 +75,16 @@ def test_weight_average_is_what_checkpoints_hold_and_a_resume_trains_on(tmp_path
         np.testing.assert_array_equal(v.numpy(), r)
     for v, a in zip(resumed.optimizer._model_variables_moving_average, average, strict=True):
         np.testing.assert_array_equal(v.numpy(), a)
+
+
+def test_weight_average_never_changes_the_training() -> None:
+    """The same losses with and without --weight-average, past step 100 (where
+    tf-keras's RMSprop would by default copy the average into the weights)."""
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 12, (8, 6)), rng.integers(0, 12, 8)
+    losses = []
+    for weight_average in (0.0, 0.99):
+        tf.keras.utils.set_random_seed(0)
+        model = _model(make_config("seed", units=8, maxlen=6, weight_average=weight_average))
+        losses.append([model.train_on_batch(x, y) for _ in range(110)])
+    np.testing.assert_array_equal(losses[0], losses[1])
