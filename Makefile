@@ -31,6 +31,8 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.quality
 	$(BIN)/python -m benchmarks.bigcorpus
 	$(BIN)/python -m benchmarks.generate
+	$(BIN)/python -m benchmarks.recipes --presets gpu,fast --steps 1980 --eval-every 66
+	$(BIN)/python -m benchmarks.recipes --presets quality --steps 0 --eval-every 264 --seed-epochs 2 --json benchmarks/results/recipes-quality.json
 
 clean:
 	rm -rf runs out .pytest_cache

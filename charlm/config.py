@@ -146,20 +146,23 @@ PRESETS: dict[str, dict] = {
     # Fewest optimizer steps at a GPU-sized batch: on a GPU a step over 1,024
     # sequences costs about what one over 64 does, so time is steps. Adam
     # with cosine decay and global-norm clipping (the PyTorch reference's
-    # recipe) reached held-out 1.41 by step 990 (benchmarks/recipes.py).
+    # recipe) reached held-out 1.415 by step 990 and 1.400 by step 1,386
+    # (benchmarks/recipes.py).
     # The batch is global: W workers each take 1,024 / W of the same step,
-    # so the rate and the per-step curve do not change with W. Windows every
-    # 4 characters make an epoch 132 steps, so held-out scoring and
-    # checkpoints come every 132 steps (15 per run), not every 8.
+    # so the rate and the per-step curve do not change with W (a batch of
+    # 1,024 x W at a rate x sqrt(W) was measured worse per step and per epoch).
+    # Windows every 4 characters make an epoch 132 steps, so held-out scoring
+    # and checkpoints come every 132 steps (15 per run), not every 8.
     "gpu": {"objective": "all", "maxlen": 64, "step": 4, "batch_size": 1024, "optimizer": "adam",
             "learning_rate": 0.01, "lr_schedule": "cosine", "global_clipnorm": 1.0,
             "dropout": 0.1, "epochs": 15},
     # Held-out loss within the seed recipe's own 20-epoch time on a CPU: the
-    # fast recipe at twice the width (LSTM(128) is capacity-bound at 1.34),
-    # with more dropout for the larger model. Best held-out 1.3119 at epoch 26
-    # (about 0.4x the seed's 20-epoch time at 42 ms a step), then it overfits:
-    # keep the best checkpoint (BENCHMARKS.md).
-    "quality": {**_FAST, "units": 256, "dropout": 0.4, "learning_rate": 0.015, "epochs": 40},
+    # fast recipe with two layers of LSTM(256) and dropout 0.3 after each.
+    # One LSTM(256) overfits from 1.31 (1.30 with windows every 16
+    # characters); depth reached 1.29 by step 2,376 and 1.256 by step 4,752
+    # (benchmarks/recipes.py, BENCHMARKS.md).
+    "quality": {**_FAST, "layers": 2, "units": 256, "dropout": 0.3, "learning_rate": 0.015,
+                "epochs": 40},
 }
 
 
