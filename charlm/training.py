@@ -107,6 +107,42 @@ def train_loop(loop_config: dict) -> None:
         nonlocal started
         started = time.perf_counter()
 
+    def conclude(epoch: int, metrics: dict) -> stopping.Decision:
+        """Score (rank 0), agree on stopping, checkpoint and report the epoch."""
+        decision = None
+        if rank == 0:
+            metrics["val_loss"] = score(val_windows)
+            metrics["val_bpc"] = bits_per_char(metrics["val_loss"])
+            metrics["elapsed_s"] = time.time() - loop_config["job_started"]
+            decision = stopper.after_epoch(epoch, metrics["loss"], metrics["val_loss"])
+        decision = stopping.agree(decision)  # every worker stops, or none
+        diverged = decision.reason == stopping.NON_FINITE  # its weights are no checkpoint
+        with tempfile.TemporaryDirectory() as d:
+            if rank == 0:
+                meta = {**loop_config["meta"], "epoch": epoch, "metrics": {
+                    k: metrics[k] for k in ("loss", "val_loss", "val_bpc")}}
+            else:
+                meta = {}
+            # Every worker writes (variables may need collectives to read);
+            # only rank 0's copy is reported.
+            if not diverged:
+                checkpoint.save(d, model, meta)
+            if rank == 0:
+                append_history(loop_config["run_dir"], metrics)
+                board.write(metrics)
+                reporter.line(epoch_line(metrics, config.epochs))
+                if config.sample_every and epoch % config.sample_every == 0 and not diverged:
+                    reporter.line(_samples(model, vocab, loop_config["seed_ids"], config.maxlen,
+                                           epoch))
+                if decision.reason:
+                    reporter.stopped(decision.reason, decision.message)
+                ray.train.report(metrics, checkpoint=None if diverged
+                                 else ray.train.Checkpoint.from_directory(d),
+                                 checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}")
+            else:
+                ray.train.report(metrics, checkpoint=None)
+        return decision
+
     def epoch_end(index: int, logs: dict) -> None:
         epoch = index + 1
         train_s = time.perf_counter() - started
@@ -119,38 +155,7 @@ def train_loop(loop_config: dict) -> None:
         }
         # Scored, checkpointed and sampled: the averaged weights, if kept.
         with averaged(model):
-            decision = None
-            if rank == 0:
-                metrics["val_loss"] = score(val_windows)
-                metrics["val_bpc"] = bits_per_char(metrics["val_loss"])
-                metrics["elapsed_s"] = time.time() - loop_config["job_started"]
-                decision = stopper.after_epoch(epoch, metrics["loss"], metrics["val_loss"])
-            decision = stopping.agree(decision)  # every worker stops, or none
-            diverged = decision.reason == stopping.NON_FINITE  # its weights are no checkpoint
-            with tempfile.TemporaryDirectory() as d:
-                if rank == 0:
-                    meta = {**loop_config["meta"], "epoch": epoch, "metrics": {
-                        k: metrics[k] for k in ("loss", "val_loss", "val_bpc")}}
-                else:
-                    meta = {}
-                # Every worker writes (variables may need collectives to read);
-                # only rank 0's copy is reported.
-                if not diverged:
-                    checkpoint.save(d, model, meta)
-                if rank == 0:
-                    append_history(loop_config["run_dir"], metrics)
-                    board.write(metrics)
-                    reporter.line(epoch_line(metrics, config.epochs))
-                    if config.sample_every and epoch % config.sample_every == 0 and not diverged:
-                        reporter.line(_samples(model, vocab, loop_config["seed_ids"], config.maxlen,
-                                               epoch))
-                    if decision.reason:
-                        reporter.stopped(decision.reason, decision.message)
-                    ray.train.report(metrics, checkpoint=None if diverged
-                                     else ray.train.Checkpoint.from_directory(d),
-                                     checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}")
-                else:
-                    ray.train.report(metrics, checkpoint=None)
+            decision = conclude(epoch, metrics)
         model.stop_training = decision.reason is not None
 
     if start_epoch > config.epochs:
