@@ -57,8 +57,8 @@ def measure(shape: str, ids, batch_size: int, windows: int) -> dict:
     import tensorflow as tf
 
     from charlm.config import TrainConfig
-    from charlm.stream import BLOCK_ROWS, tf_input, worker_stream
-    from charlm.training import make_plan
+    from charlm.data.stream import BLOCK_ROWS, make_plan, worker_stream
+    from charlm.training.inputs import tf_input
 
     s = SHAPES[shape]
     config = TrainConfig(maxlen=s["maxlen"], step=s["step"], batch_size=batch_size,
@@ -117,8 +117,8 @@ def main() -> None:
 
     runtime.quiet(False)
     from charlm.config import VAL_MAXLEN, TrainConfig
-    from charlm.corpus import load_corpus
-    from charlm.windows import split
+    from charlm.data.corpus import load_corpus
+    from charlm.data.windows import split
 
     cpus = os.cpu_count() or 1
     runtime.init_ray(cpus_needed=cpus)

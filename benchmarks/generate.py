@@ -30,7 +30,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from charlm import checkpoint, runtime  # noqa: E402  (charlm first: it selects tf-keras)
+from charlm import runtime  # noqa: E402  (charlm first: it selects tf-keras)
+from charlm.model import checkpoint  # noqa: E402
 
 TEMPERATURES = [0.2, 0.5, 1.0, 1.2]  # the seed's
 
@@ -41,9 +42,9 @@ def train_quick(corpus_spec: str, steps: int, directory: str) -> str:
     import tensorflow as tf
 
     from charlm.config import TrainConfig
-    from charlm.corpus import load_corpus
-    from charlm.model import build_model, compile_model, split_xy
-    from charlm.windows import holdout_start, windows
+    from charlm.data.corpus import load_corpus
+    from charlm.data.windows import holdout_start, split_xy, windows
+    from charlm.model.network import build_model, compile_model
 
     corpus = load_corpus(corpus_spec)
     config = TrainConfig(corpus=corpus_spec, objective="all", maxlen=40, step=40,
@@ -111,7 +112,7 @@ def kernel(meta: dict, weights, mode: str, requests: int, length: int,
     in batches of the job's size, in this process (after a warm-up trace)."""
     import numpy as np
 
-    from charlm.sampling import Generator
+    from charlm.model.generator import Generator
 
     generate = Generator(weights, meta["config"]["maxlen"], mode)
     rng = np.random.default_rng(0)
@@ -225,7 +226,7 @@ WINDOW_CEILING = 36_000
 
 
 def measure(args: argparse.Namespace, work: str) -> dict:
-    from charlm.generation import batch_size_for, load_checkpoint, load_weights, run_corpus
+    from charlm.generation.job import batch_size_for, load_checkpoint, load_weights, run_corpus
 
     corpus = args.corpus if os.path.exists(args.corpus) else "python-docs"
     run = args.checkpoint or train_quick(corpus, args.train_steps, work)

@@ -25,11 +25,11 @@ def train(corpus_path: str, epochs: int, max_steps: int | None) -> None:
     import tensorflow as tf
 
     from charlm.config import VAL_MAXLEN, VAL_STEP, make_config
-    from charlm.corpus import load_corpus
-    from charlm.model import (build_model, compile_model, mean_log_loss, split_xy,
-                              without_autotune)
+    from charlm.data.corpus import load_corpus
+    from charlm.data.windows import split, split_xy, windows
+    from charlm.model.network import build_model, compile_model, mean_log_loss
     from charlm.runtime import set_training_threads
-    from charlm.windows import split, windows
+    from charlm.training.inputs import without_autotune
 
     threads = set_training_threads(os.cpu_count() or 1)
     config = make_config("seed", corpus=corpus_path, epochs=epochs)

@@ -52,17 +52,11 @@ def child(spec: dict) -> None:
     import tensorflow as tf
 
     from charlm.config import VAL_MAXLEN, VAL_STEP, make_config
-    from charlm.corpus import load_corpus
-    from charlm.model import (
-        averaged,
-        build_model,
-        compile_model,
-        held_out_scorer,
-        split_xy,
-        without_autotune,
-    )
-    from charlm.training import make_plan
-    from charlm.windows import split, window_starts, windows
+    from charlm.data.corpus import load_corpus
+    from charlm.data.stream import make_plan
+    from charlm.data.windows import split, split_xy, window_starts, windows
+    from charlm.model.network import averaged, build_model, compile_model, held_out_scorer
+    from charlm.training.inputs import without_autotune
 
     runtime.set_training_threads(spec["threads"])
     tf.keras.utils.set_random_seed(spec["seed"])

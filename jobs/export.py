@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 
 from charlm.cli import job_main, options_from
-from charlm.export import ExportOptions, export
-from charlm.generation import CONTEXT_MODES
+from charlm.generation.export import ExportOptions, export
+from charlm.generation.job import CONTEXT_MODES
 
 D = ExportOptions  # the defaults live there
 

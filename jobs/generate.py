@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from charlm.cli import job_main, options_from
-from charlm.generation import CONTEXT_MODES, GenerateOptions, generate
+from charlm.generation.job import CONTEXT_MODES, GenerateOptions, generate
 
 D = GenerateOptions  # the defaults live there, for callers that skip the flags
 

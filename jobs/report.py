@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> str:
-    from charlm.report import report
+    from charlm.generation.report import report
 
     return report(args.output, args.chart)
 

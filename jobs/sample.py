@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 
 from charlm.cli import job_main, options_from
-from charlm.generation import CONTEXT_MODES
-from charlm.sampler import SampleOptions, sample
+from charlm.generation.job import CONTEXT_MODES
+from charlm.generation.sampler import SampleOptions, sample
 
 D = SampleOptions  # the defaults live there
 

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> str:
     from charlm import runtime
 
     runtime.quiet(bool(args.verbose))
-    from charlm.training import train
+    from charlm.training.trainer import train
 
     return train(config_from(args))
 

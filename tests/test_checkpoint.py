@@ -8,9 +8,9 @@ import shutil
 import numpy as np
 import tensorflow as tf
 
-from charlm import checkpoint
 from charlm.config import make_config
-from charlm.model import averaged, build_model, compile_model
+from charlm.model import checkpoint
+from charlm.model.network import averaged, build_model, compile_model
 
 
 def _model(config):

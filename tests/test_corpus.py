@@ -11,8 +11,8 @@ import threading
 import numpy as np
 import pytest
 
-from charlm import corpus
-from charlm.corpus import decode, encode, load_corpus, normalise
+from charlm.data import corpus
+from charlm.data.corpus import decode, encode, load_corpus, normalise
 from charlm.errors import CharlmError
 
 

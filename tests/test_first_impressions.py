@@ -11,7 +11,7 @@ import subprocess
 import sys
 import termios
 
-from charlm.corpus import load_corpus
+from charlm.data.corpus import load_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

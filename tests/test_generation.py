@@ -17,12 +17,13 @@ import pyarrow.fs as pafs
 import pytest
 import ray
 
-from charlm import checkpoint, runtime
+from charlm import runtime
 from charlm.config import TrainConfig
-from charlm.corpus import load_corpus
-from charlm.generation import GenerateOptions, batch_size_for, collect_seeds
-from charlm.model import build_model, compile_model, split_xy
-from charlm.windows import holdout_start, windows
+from charlm.data.corpus import load_corpus
+from charlm.data.windows import holdout_start, split_xy, windows
+from charlm.generation.job import GenerateOptions, batch_size_for, collect_seeds
+from charlm.model import checkpoint
+from charlm.model.network import build_model, compile_model
 from jobs import generate as job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from charlm.config import make_config
-from charlm.model import build_model
+from charlm.model.network import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

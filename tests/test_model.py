@@ -6,7 +6,9 @@ import numpy as np
 import tensorflow as tf
 
 from charlm.config import TrainConfig
-from charlm.model import build_model, compile_model, mean_log_loss, split_xy, without_autotune
+from charlm.data.windows import split_xy
+from charlm.model.network import build_model, compile_model, mean_log_loss
+from charlm.training.inputs import without_autotune
 
 
 def seed_model(vocab_size: int, maxlen: int) -> tf.keras.Model:

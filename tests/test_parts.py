@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import ray
 
-from charlm import parts, runtime
+from charlm import runtime
 from charlm.config import VAL_MAXLEN, VAL_STEP
-from charlm.corpus import BYTES_VOCAB, decode, encode, load_corpus, normalise
+from charlm.data import parts
+from charlm.data.corpus import BYTES_VOCAB, decode, encode, load_corpus, normalise
+from charlm.data.windows import holdout_start, split, windows
 from charlm.errors import CharlmError
-from charlm.windows import holdout_start, split, windows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NIETZSCHE = next((p for p in (os.path.join(ROOT, "..", "shared", "data", "nietzsche.txt"),

@@ -13,11 +13,11 @@ import pytest
 import tensorflow as tf
 
 from charlm.config import PRESETS, VAL_MAXLEN, TrainConfig, make_config
-from charlm.corpus import load_corpus
+from charlm.data.corpus import load_corpus
+from charlm.data.stream import make_plan
+from charlm.data.windows import split, split_xy
 from charlm.errors import CharlmError
-from charlm.model import build_model, compile_model, learning_rate, split_xy
-from charlm.training import make_plan
-from charlm.windows import split
+from charlm.model.network import build_model, compile_model, learning_rate
 from jobs.train import add_arguments, config_from
 
 

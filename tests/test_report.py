@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from charlm import checkpoint
-from charlm.report import repeated_ngram_rate, summarize, words
+from charlm.generation.report import repeated_ngram_rate, summarize, words
+from charlm.model import checkpoint
 from jobs import report as job
 
 
@@ -82,7 +82,7 @@ def job_args(out, chart):
 
 
 def _python_docs_sha256() -> str:
-    from charlm.corpus import load_corpus
+    from charlm.data.corpus import load_corpus
 
     return load_corpus("python-docs").sha256
 
@@ -92,7 +92,7 @@ def test_a_directory_corpus_streams_past_in_stretches(tmp_path, monkeypatch, cap
     training recorded (a hash of per-stretch hashes)."""
     import hashlib
 
-    from charlm import parts
+    from charlm.data import parts
 
     monkeypatch.setattr(parts, "STRETCH_BYTES", 64)
     books = tmp_path / "books"

@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 
 from charlm.config import TrainConfig
-from charlm.model import build_model
-from charlm.sampling import Generator, sample, weights_from_model
+from charlm.model.generator import Generator, sample, weights_from_model
+from charlm.model.network import build_model
 
 V = 12
 MAXLEN = 8
@@ -110,8 +110,8 @@ def test_top_p_keeps_at_least_the_likeliest():
 
 def test_weights_read_from_the_checkpoint_are_the_models(model, tmp_path):
     """Generation reads weights without building a Keras model: the same tensors."""
-    from charlm import checkpoint
-    from charlm.sampling import weights_from_checkpoint
+    from charlm.model import checkpoint
+    from charlm.model.generator import weights_from_checkpoint
 
     two = tiny_model(layers=2, dropout=0.2)
     two.compile(optimizer="rmsprop", loss="sparse_categorical_crossentropy")

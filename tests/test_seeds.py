@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from charlm.config import TrainConfig
-from charlm.corpus import load_corpus
+from charlm.data.corpus import load_corpus
+from charlm.data.windows import holdout_start
 from charlm.errors import CharlmError
-from charlm.generation import GenerateOptions, collect_seeds
-from charlm.windows import holdout_start
+from charlm.generation.job import GenerateOptions, collect_seeds
 
 
 def meta(corpus: dict, maxlen: int = 12) -> dict:

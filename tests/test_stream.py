@@ -4,8 +4,8 @@ batches every epoch, identical after a resume, whatever the worker count."""
 import numpy as np
 import pytest
 
-from charlm.stream import Permutation, Plan, round_batch, worker_stream
-from charlm.windows import window_starts
+from charlm.data.stream import Permutation, Plan, round_batch, worker_stream
+from charlm.data.windows import window_starts
 
 MAXLEN, STEP = 8, 3
 
@@ -133,7 +133,7 @@ def test_gather_processes_hold_no_store_pages_between_blocks(ray_local):
     import psutil
     import ray
 
-    from charlm.stream import _Gather
+    from charlm.data.stream import _Gather
 
     n = 32 << 20
     ids = [(np.arange(n // 2) % k).astype(np.uint8) for k in (251, 241)]  # two parts

@@ -14,10 +14,11 @@ import pandas as pd
 import psutil
 import pytest
 
-from charlm import checkpoint
 from charlm.config import make_config
-from charlm.corpus import load_corpus
-from charlm.training import HISTORY, train
+from charlm.data.corpus import load_corpus
+from charlm.model import checkpoint
+from charlm.training.metrics import HISTORY
+from charlm.training.trainer import train
 
 TINY = dict(objective="all", maxlen=32, step=32, batch_size=32, units=32,
             learning_rate=0.01, clipnorm=1.0)

@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from charlm import checkpoint
 from charlm.config import make_config
-from charlm.corpus import load_corpus
+from charlm.data.corpus import load_corpus
 from charlm.errors import CharlmError
-from charlm.metrics import TENSORBOARD, TensorBoard
-from charlm.training import HISTORY, train
+from charlm.model import checkpoint
+from charlm.training.metrics import HISTORY, TENSORBOARD, TensorBoard
+from charlm.training.trainer import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(objective="all", maxlen=32, step=32, batch_size=32, units=32,

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from charlm.corpus import encode
+from charlm.data.corpus import encode
+from charlm.data.windows import holdout_start, split, window_starts, windows
 from charlm.errors import CharlmError
-from charlm.windows import holdout_start, split, window_starts, windows
 
 
 def seed_windows(text: str, maxlen: int, step: int):

@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from charlm import checkpoint, storage
+from charlm import storage
 from charlm.errors import CharlmError
+from charlm.model import checkpoint
 
 WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")
 METRICS = {  # column → chart title
@@ -69,7 +70,7 @@ def vocabulary(df: pd.DataFrame) -> tuple[set[str], str]:
     unavailable) the words of the seed texts. The corpus streams past one
     stretch at a time (charlm.parts.recorded_texts): memory is the generated
     words, whatever the corpus's size."""
-    from charlm.parts import recorded_texts
+    from charlm.data.parts import recorded_texts
 
     uri = df["checkpoint"].iloc[0]
     wanted = {w for text in df["text"] for w in words(text)}

@@ -23,9 +23,10 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 
-from charlm import checkpoint, runtime, storage
+from charlm import runtime, storage
 from charlm.config import TrainConfig
 from charlm.errors import CharlmError, first_line
+from charlm.model import checkpoint
 from charlm.staging import staged_output
 
 CONTEXT_MODES = ("window", "stateful")
@@ -165,7 +166,7 @@ def read_meta(uri: str) -> dict:
 
 def load_weights(uri: str):
     """(sampling.Weights, meta) of a checkpoint, read without building a Keras model."""
-    from charlm.sampling import weights_from_checkpoint
+    from charlm.model.generator import weights_from_checkpoint
 
     with _fetched(uri) as local:
         meta = checkpoint.read_meta(local)
@@ -175,7 +176,7 @@ def load_weights(uri: str):
 
 def run_corpus(meta: dict):
     """The run's corpus, reloaded and checked against the hash the run recorded."""
-    from charlm.corpus import load_corpus
+    from charlm.data.corpus import load_corpus
 
     info = meta.get("corpus") or {}
     name = info.get("name")
@@ -213,7 +214,7 @@ def read_seeds_file(path: str) -> list[str]:
 def heldout_seeds(text: str, val_frac: float, maxlen: int, n: int) -> list[str]:
     """n distinct windows of maxlen characters spread evenly over the held-out
     tail (a checkpoint that recorded no held-out seeds); too few is an error."""
-    from charlm.windows import holdout_start
+    from charlm.data.windows import holdout_start
 
     start, last = holdout_start(len(text), val_frac), len(text) - maxlen
     if last < start:
@@ -248,7 +249,7 @@ def collect_seeds(o: GenerateOptions, meta: dict) -> list[str]:
     """Distinct seeds in row order: the recipe's own seed, --seed, --seeds-file,
     held-out windows (those the run recorded; for an older checkpoint, read
     from its corpus)."""
-    from charlm.corpus import normalise
+    from charlm.data.corpus import normalise
 
     config = TrainConfig.from_dict(meta["config"])
     explicit = list(o.seed) + (read_seeds_file(o.seeds_file) if o.seeds_file else [])
@@ -269,7 +270,7 @@ def collect_seeds(o: GenerateOptions, meta: dict) -> list[str]:
 
 
 def _check_chars(seeds: list[str], vocab: str, mode: str) -> list[str]:
-    from charlm.corpus import BYTES_VOCAB
+    from charlm.data.corpus import BYTES_VOCAB
 
     if vocab == BYTES_VOCAB:  # a byte-level model takes any text
         return seeds
@@ -332,7 +333,7 @@ class Generate:
         except RuntimeError:
             pass  # a reused worker whose TensorFlow already runs keeps its threads
 
-        from charlm.sampling import Generator
+        from charlm.model.generator import Generator
 
         weights, meta = load_weights(uri)
         self.vocab = meta["vocab"]
@@ -343,7 +344,7 @@ class Generate:
                           "top_p": top_p, "length": length}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from charlm.corpus import encode
+        from charlm.data.corpus import encode
 
         started = time.perf_counter()
         seeds = batch.column("seed_text").to_pylist()

@@ -27,7 +27,7 @@ import pyarrow.fs as pafs
 
 from charlm import storage
 from charlm.config import VAL_MAXLEN, VAL_STEP
-from charlm.corpus import (
+from charlm.data.corpus import (
     BYTES_VOCAB,
     _codepoints,
     _decode,
@@ -38,8 +38,8 @@ from charlm.corpus import (
     load_corpus,
     normalise,
 )
+from charlm.data.windows import holdout_start, window_count
 from charlm.errors import CharlmError
-from charlm.windows import holdout_start, window_count
 
 STRETCH_BYTES = 8 << 20  # raw bytes per map task: its peak is about 15x this
 _SEARCH = 1 << 16  # bytes searched past a nominal cut for a space or newline

@@ -174,23 +174,6 @@ def averaged(model: tf.keras.Model) -> Iterator[None]:
         swap_average(model)
 
 
-def split_xy(windows: np.ndarray, objective: str) -> tuple[np.ndarray, np.ndarray]:
-    """Windows of maxlen + 1 ids → inputs and targets for the objective
-    (numpy arrays, or tensors inside the training input pipeline)."""
-    x = windows[:, :-1]
-    y = windows[:, 1:] if objective == "all" else windows[:, -1]
-    return x, y
-
-
-def without_autotune(data: tf.data.Dataset) -> tf.data.Dataset:
-    """A training input with tf.data's autotuning off. Its optimisation thread
-    sleeps between rounds, twice as long each time, and an iterator's
-    destructor waits for it to wake: an epoch that ends its iterator stalled,
-    every thread asleep, by up to its own length (60 steps: 6,000 instead of
-    10,400 windows/s; BENCHMARKS.md). Buffers are fixed instead."""
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return data.with_options(options)
 
 
 # Held-out scoring batch: at 1,024 the scoring pass alone added 60 MB to a

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from charlm import checkpoint
 from charlm.errors import CharlmError
+from charlm.model import checkpoint
 
 PATIENCE = "patience"
 NON_FINITE = "non-finite"

@@ -27,7 +27,7 @@ STATE = "state"
 def save(directory: str, model, meta: dict) -> None:
     import tensorflow as tf
 
-    from charlm.model import dropout_generators
+    from charlm.model.network import dropout_generators
 
     tf.train.Checkpoint(model=model, optimizer=model.optimizer,
                         rng=tf.train.Checkpoint(**dropout_generators(model))).write(
@@ -56,7 +56,7 @@ def restore(directory: str, model, with_optimizer: bool = True) -> None:
         # checkpoint holds the average there, model.swap_average), and
         # dropout's generators (absent from older checkpoints, which then
         # resume with fresh ones).
-        from charlm.model import dropout_generators, swap_average
+        from charlm.model.network import dropout_generators, swap_average
 
         swap_average(model)
 
@@ -71,7 +71,7 @@ def read_meta(directory: str) -> dict:
 
 def load_model(directory: str, sequences: bool = False):
     """Model with the checkpoint's weights (no optimizer), and its metadata."""
-    from charlm.model import build_model
+    from charlm.model.network import build_model
 
     meta = read_meta(directory)
     model = build_model(TrainConfig.from_dict(meta["config"]), len(meta["vocab"]), sequences)

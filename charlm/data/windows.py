@@ -46,3 +46,12 @@ def split(ids: np.ndarray, val_frac: float, maxlen: int,
             f"windows and {val_maxlen}-character held-out windows with --val-frac {val_frac}; "
             "use a longer corpus or a smaller --maxlen")
     return train, val
+
+
+def split_xy(windows: np.ndarray, objective: str) -> tuple[np.ndarray, np.ndarray]:
+    """Windows of maxlen + 1 ids → inputs and targets for the objective
+    (numpy arrays, or tensors inside the training input pipeline)."""
+    x = windows[:, :-1]
+    y = windows[:, 1:] if objective == "all" else windows[:, -1]
+    return x, y
+

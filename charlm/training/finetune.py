@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from charlm import checkpoint, storage
+from charlm import storage
 from charlm.config import TrainConfig
 from charlm.errors import CharlmError
+from charlm.model import checkpoint
 
 
 def plan(source: str, vocab: str, config: TrainConfig) -> dict:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from charlm.windows import gather, window_count
+from charlm.data.windows import gather, window_count
 
 # Rows (windows) per block of a worker's dataset: large enough that a map
 # task's fixed cost is small against its work.
@@ -269,32 +269,16 @@ def worker_stream(parts: Sequence, plan: Plan, worker: int, start_epoch: int, ep
                          batch_format="numpy"))
 
 
-def tf_input(stream, plan: Plan, objective: str):
-    """The worker's training input, for strategy.distribute_datasets_from_function:
-    the stream's batches as int32, split into inputs and targets, two batches
-    prefetched, tf.data's autotuning off (model.without_autotune). Batches are
-    per worker already: datasets from a function are not rebatched by the
-    strategy (a plain dataset would be split W ways)."""
-    import tensorflow as tf
-
-    from charlm.model import split_xy, without_autotune
-
-    spec = tf.TensorSpec(shape=(plan.per_worker, plan.maxlen + 1), dtype=tf.int32)
-
-    def batches():
-        for batch in stream.iter_batches(batch_size=plan.per_worker, batch_format="numpy",
-                                         prefetch_batches=2):
-            yield batch["window"].astype(np.int32)
-
-    def dataset(_input_context):
-        return without_autotune(tf.data.Dataset.from_generator(batches, output_signature=spec)
-                                .map(lambda w: split_xy(w, objective))
-                                .prefetch(2))
-
-    return dataset
-
-
 def round_batch(batch_size: int, num_workers: int) -> int:
     """The global batch rounded down to a multiple of the worker count (at
     least one window per worker): every worker takes an equal share."""
     return max(num_workers, batch_size - batch_size % num_workers)
+
+
+def make_plan(lengths: list[int], config) -> Plan:
+    """The data plan of a run (a charlm.config.TrainConfig), identical on every
+    worker: unequal step counts hang the all-reduce. config.batch_size must
+    already be a multiple of the workers (round_batch)."""
+    return Plan(lengths=tuple(lengths), maxlen=config.maxlen, step=config.step,
+                batch_size=config.batch_size, num_workers=config.num_workers,
+                seed=config.seed, max_steps=config.max_steps)

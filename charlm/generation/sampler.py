@@ -17,8 +17,9 @@ from typing import TextIO
 
 import psutil
 
-from charlm import checkpoint, runtime
+from charlm import runtime
 from charlm.errors import CharlmError
+from charlm.model import checkpoint
 
 
 @dataclass
@@ -52,8 +53,8 @@ def prepare(o: SampleOptions) -> Request:
     import numpy as np
 
     from charlm.config import TrainConfig
-    from charlm.corpus import encode, normalise
-    from charlm.generation import (
+    from charlm.data.corpus import encode, normalise
+    from charlm.generation.job import (
         CONTEXT_MODES,
         _check_chars,
         check_top_p,
@@ -82,7 +83,7 @@ def prepare(o: SampleOptions) -> Request:
     prime = _check_chars([prime], meta["vocab"], o.unknown_chars)[0]
     seed = rng_seed(o.rng_seed, prime, temperature, o.sample_index)
 
-    from charlm.sampling import Generator
+    from charlm.model.generator import Generator
 
     generator = Generator(weights, config.maxlen, o.context_mode, o.top_k, o.top_p)
     ids = generator.stream(np.asarray(encode(prime, meta["vocab"]), np.int32), temperature,

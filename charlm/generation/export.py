@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
-from charlm import checkpoint, runtime, storage
+from charlm import runtime, storage
 from charlm.errors import CharlmError, first_line
+from charlm.model import checkpoint
 
 
 @dataclass
@@ -40,7 +41,7 @@ def build_module(weights, meta: dict, context_mode: str, top_k: int, top_p: floa
     import tensorflow as tf
 
     from charlm.config import TrainConfig
-    from charlm.sampling import PAD, Generator
+    from charlm.model.generator import PAD, Generator
 
     config = TrainConfig.from_dict(meta["config"])
     vocab = list(meta["vocab"])
@@ -107,7 +108,7 @@ def build_module(weights, meta: dict, context_mode: str, top_k: int, top_p: floa
 
 
 def check_options(o: ExportOptions) -> None:
-    from charlm.generation import CONTEXT_MODES, check_top_p
+    from charlm.generation.job import CONTEXT_MODES, check_top_p
 
     if o.context_mode not in CONTEXT_MODES:
         raise CharlmError(f"--context-mode {o.context_mode!r} is unknown; "
@@ -121,7 +122,7 @@ def export(o: ExportOptions) -> str:
     """Write the SavedModel to o.output (local, s3:// or gs://); returns its URI.
     Saved locally first, then copied into a temporary location beside the
     output and moved into place only when complete."""
-    from charlm.generation import load_weights
+    from charlm.generation.job import load_weights
     from charlm.staging import staged_output
 
     runtime.quiet(o.verbose)
