@@ -9,31 +9,20 @@ import re
 import sys
 from collections.abc import Callable
 
-from charlm.errors import CharlmError
+from charlm.errors import CharlmError, chain
 
 
-def _charlm_cause(e: BaseException) -> CharlmError | None:
-    """Ray wraps errors raised inside workers; find ours in the chain."""
-    seen: dict[int, BaseException] = {}
-    todo: list[BaseException | None] = [e]
-    while todo:
-        e = todo.pop(0)
-        if e is None or id(e) in seen:
-            continue
-        if isinstance(e, CharlmError):
-            return e
-        seen[id(e)] = e
-        # Ray's ActorDiedError keeps an actor constructor's error as `.cause`;
-        # Ray Train's WorkerGroupError each worker's error by rank.
-        todo += [e.__cause__, getattr(e, "cause", None), e.__context__,
-                 *getattr(e, "worker_failures", {}).values()]
-    # Some wrappers keep only the text (Ray Data's ActorDiedError for an
-    # actor's constructor): our error is then its line there.
-    for e in seen.values():
-        found = re.findall(r"charlm\.errors\.CharlmError: (.+)", str(e))
-        if found:
-            return CharlmError(found[-1].strip())
-    return None
+def _charlm_cause(error: BaseException) -> CharlmError | None:
+    """Ray wraps errors raised inside workers; find ours in the chain. Some
+    wrappers keep only the text (Ray Data's ActorDiedError for an actor's
+    constructor): our error is then its line there."""
+    wrapped = list(chain(error))
+    found = next((e for e in wrapped if isinstance(e, CharlmError)), None)
+    for e in wrapped if found is None else ():
+        lines = re.findall(r"charlm\.errors\.CharlmError: (.+)", str(e))
+        if lines:
+            return CharlmError(lines[-1].strip())
+    return found
 
 
 def run_job(main: Callable[[], object]) -> None:

@@ -16,6 +16,9 @@ VAL_STEP = 3
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK")
 
 OPTIMIZERS = ("rmsprop", "adam")
+# Seconds a job waits for its workers or actors to be placed: a cold start of
+# GPU nodes (instance boot, image pull, install) takes 10-15 minutes.
+PLACEMENT_TIMEOUT_S = 1200.0
 
 
 @dataclass
@@ -47,7 +50,7 @@ class TrainConfig:
     # Ray's placement strategy for the workers: PACK (fewest nodes), SPREAD,
     # STRICT_SPREAD (one node each) or STRICT_PACK.
     placement_strategy: str = "PACK"
-    placement_timeout: float = 1200.0  # s to wait for workers to be placed (GPU cold start)
+    placement_timeout: float = PLACEMENT_TIMEOUT_S
     shared_filesystem: bool = False  # a local storage_path that every node mounts
     storage_path: str = "~/charlm/runs"
     name: str | None = None

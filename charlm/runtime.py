@@ -12,7 +12,8 @@ import sys
 import tempfile
 import warnings
 
-from charlm.errors import CharlmError
+from charlm import internals
+from charlm.errors import CharlmError, chain
 
 
 def worker_env(verbose: bool) -> dict[str, str]:
@@ -125,10 +126,6 @@ def quiet_worker(verbose: bool) -> str | None:
     return path
 
 
-# How long charlm waits for its training workers or generation actors to be
-# placed: a cold start of GPU nodes (instance boot, the multi-GB GPU image's
-# pull, installing TensorFlow with CUDA) takes 10-15 minutes.
-PLACEMENT_TIMEOUT_S = 1200.0
 PLACEMENT_CAUSES = (
     "usual causes on AWS: the vCPU quota for G instances (Service Quotas, 'Running On-Demand "
     "G and VT instances'), the head's IAM role (iam:PassRole for the workers' profile, "
@@ -141,11 +138,7 @@ def on_cluster() -> bool:
     """True when a running cluster is there to join: under `ray job submit` or
     with RAY_ADDRESS set, and on a cluster's own nodes (after `ray attach` or
     `ray exec`), where `ray start` recorded the address that ray.init() finds."""
-    if os.environ.get("RAY_ADDRESS"):
-        return True
-    from ray._private.utils import read_ray_address
-
-    return bool(read_ray_address())
+    return bool(os.environ.get("RAY_ADDRESS") or internals.recorded_ray_address())
 
 
 def init_ray(verbose: bool = False, cpus_needed: int = 1) -> None:
@@ -194,22 +187,10 @@ def can_add_nodes() -> bool:
     autoscaler v2 publish their node groups to the GCS (Ray Data reads them
     the same way); `ray up`'s autoscaler publishes its status, whose node types
     are the cluster config's, where a hand-started head's monitor names each
-    node `node_<id>` (ray.autoscaler._private.util.format_readonly_node_type)."""
-    import json
-
-    import ray._private.state
-    from ray._private import ray_constants
-    from ray.experimental.internal_kv import _internal_kv_get
-
-    config = ray._private.state.state.get_cluster_config()
-    if config and any(g.max_count == -1 or g.max_count > g.min_count
-                      for g in config.node_group_configs if g.resources and g.max_count != 0):
+    node `node_<id>`."""
+    if any(high == -1 or high > low for low, high in internals.autoscaler_node_groups()):
         return True
-    status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
-    report = json.loads(status).get("autoscaler_report") if status else None
-    types = set((report or {}).get("active_nodes") or {})
-    types |= set((report or {}).get("pending_launches") or {})
-    return any(not t.startswith("node_") for t in types)
+    return any(not t.startswith("node_") for t in internals.autoscaler_node_types())
 
 
 def require_shared(path: str, flag: str, shared_filesystem: bool) -> None:
@@ -250,17 +231,12 @@ def explain_placement_timeout(error: BaseException, what: str, seconds: float,
     """Raises the deadline's one line if `error` is (or wraps) Ray Train's
     worker-group start timeout or Ray Data's actor start timeout."""
     from ray.exceptions import GetTimeoutError
-    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
 
-    seen = set()
-    e: BaseException | None = error
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, WorkerGroupStartupTimeoutError | GetTimeoutError):
-            causes = PLACEMENT_CAUSES if gpus else "the cluster lacks the CPUs asked for"
-            raise CharlmError(f"{what} could not be placed on the cluster within "
-                              f"{seconds:.0f} s; {causes}; or raise --placement-timeout") from error
-        e = (getattr(e, "controller_failure", None) or e.__cause__ or e.__context__)
+    if any(isinstance(e, GetTimeoutError) or internals.is_worker_group_start_timeout(e)
+           for e in chain(error)):
+        causes = PLACEMENT_CAUSES if gpus else "the cluster lacks the CPUs asked for"
+        raise CharlmError(f"{what} could not be placed on the cluster within "
+                          f"{seconds:.0f} s; {causes}; or raise --placement-timeout") from error
 
 
 def check_gpu(use_gpu: bool, what: str, announce: bool = False) -> list[str]:

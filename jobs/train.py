@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 
 from charlm.cli import job_main
-from charlm.config import PLACEMENT_STRATEGIES, PRESETS, TrainConfig
+from charlm.config import PLACEMENT_STRATEGIES, PLACEMENT_TIMEOUT_S, PRESETS, TrainConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Every flag defaults to None so that a preset fills in what is not given."""
     a = parser.add_argument
-    a("--preset", choices=None, help=f"starting values: {', '.join(PRESETS)} (default: seed)")
+    a("--preset", help=f"starting values: {', '.join(PRESETS)} (default: seed)")
     a("--corpus", help="nietzsche, python-docs, a file, a directory of .txt, an http(s) URL, "
                        "or s3:// gs:// (default: nietzsche, else python-docs offline)")
     a("--keep-case", action="store_true", default=None, help="do not lower-case the text")
@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="where Ray puts the workers: PACK (fewest nodes, default), SPREAD, "
            "STRICT_SPREAD (each on its own node), STRICT_PACK")
     a("--placement-timeout", type=float, metavar="SECONDS",
-      help="fail if the workers are not placed within this time (default 1200: "
+      help=f"fail if the workers are not placed within this time (default {PLACEMENT_TIMEOUT_S:g}: "
            "a cold start of GPU nodes)")
     a("--shared-filesystem", action="store_true", default=None,
       help="a local --storage-path is a mount that every node of the cluster shares")

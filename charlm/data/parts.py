@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from charlm import storage
+from charlm import internals, storage
 from charlm.config import VAL_MAXLEN, VAL_STEP
 from charlm.data.corpus import (
     BYTES_VOCAB,
@@ -389,16 +389,11 @@ def _read_streamed(spec: str, byte_level: bool, keep_case: bool, keep_newlines: 
         max_calls=MAX_CALLS or None)
     found: list[tuple[tuple[int, int, int], object, int]] = []
     dtype = id_dtype(len(vocab))
-    for bundle in encoded.iter_internal_ref_bundles():
-        for entry, piece in zip(bundle.blocks, bundle.slices, strict=True):
-            lo, hi = (piece.start_offset, piece.end_offset) if piece else \
-                (0, entry.metadata.num_rows)
-            if hi <= lo:
-                continue
-            unpack = _remote_fn(_unpack_fn).options(num_returns=hi - lo + 1)
-            refs = unpack.remote(entry.ref, lo, hi, dtype)
-            for key, ref in zip(ray.get(refs[0]), refs[1:], strict=True):
-                found.append((key[:3], ref, key[3]))
+    for block, lo, hi in internals.block_refs(encoded):
+        unpack = _remote_fn(_unpack_fn).options(num_returns=hi - lo + 1)
+        refs = unpack.remote(block, lo, hi, dtype)
+        for key, ref in zip(ray.get(refs[0]), refs[1:], strict=True):
+            found.append((key[:3], ref, key[3]))
     found.sort(key=lambda x: x[0])
     pick = {kind: [(ref, n) for (_, _, k), ref, n in found if k == kind]
             for kind in (TRAIN, HELDOUT)}

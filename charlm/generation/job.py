@@ -9,7 +9,6 @@ depends on how rows are batched or how many actors run.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -24,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from charlm import runtime, storage
-from charlm.config import TrainConfig
+from charlm.config import PLACEMENT_TIMEOUT_S, TrainConfig
 from charlm.errors import CharlmError, first_line
 from charlm.model import checkpoint
 from charlm.staging import staged_output
@@ -74,7 +73,7 @@ class GenerateOptions:
     batch_size: int | None = None  # None: batch_size_for(requests, concurrency)
     cpus_per_actor: int | None = None
     use_gpu: bool = False
-    placement_timeout: float = 1200.0  # s to wait for the actors (a GPU cold start)
+    placement_timeout: float = PLACEMENT_TIMEOUT_S
     shared_filesystem: bool = False  # local paths are a mount every node shares
     overwrite: bool = False
     verbose: bool = False
@@ -151,10 +150,8 @@ def load_checkpoint(uri: str):
 def read_meta(uri: str) -> dict:
     """A checkpoint's charlm.json alone: what the driver needs, without
     TensorFlow (the actors load the weights)."""
-    fs, path = storage.resolve(uri)
+    meta = checkpoint.read_meta(uri)
     try:
-        with fs.open_input_stream(f"{path.rstrip('/')}/{checkpoint.META}") as f:
-            meta = json.loads(f.read().decode("utf-8"))
         TrainConfig.from_dict(meta["config"])
         if not isinstance(meta["vocab"], str) or not meta["vocab"]:
             raise ValueError("no vocabulary")

@@ -11,7 +11,6 @@ temperatures).
 from __future__ import annotations
 
 import io
-import json
 import re
 
 import numpy as np
@@ -75,10 +74,7 @@ def vocabulary(df: pd.DataFrame) -> tuple[set[str], str]:
     uri = df["checkpoint"].iloc[0]
     wanted = {w for text in df["text"] for w in words(text)}
     try:
-        fs, path = storage.resolve(uri)
-        with fs.open_input_stream(f"{path.rstrip('/')}/{checkpoint.META}") as f:
-            meta = json.loads(f.read().decode("utf-8"))
-        info = meta.get("corpus") or {}
+        info = checkpoint.read_meta(uri).get("corpus") or {}
         found: set[str] = set()
         for text in recorded_texts(info):
             found |= wanted.intersection(words(text))

@@ -18,7 +18,7 @@ import pyarrow.fs as pafs
 
 from charlm import storage
 from charlm.config import TrainConfig
-from charlm.errors import CharlmError
+from charlm.errors import CharlmError, first_line
 
 META = "charlm.json"
 STATE = "state"
@@ -64,9 +64,19 @@ def restore(directory: str, model, with_optimizer: bool = True) -> None:
             os.path.join(directory, STATE)).expect_partial()
 
 
-def read_meta(directory: str) -> dict:
-    with open(os.path.join(directory, META), encoding="utf-8") as f:
-        return json.load(f)
+def read_meta(uri: str) -> dict:
+    """A checkpoint's charlm.json, local or remote (s3://, gs://), read alone:
+    no TensorFlow, no weights."""
+    fs, path = storage.resolve(uri)
+    try:
+        with fs.open_input_stream(f"{path.rstrip('/')}/{META}") as f:
+            meta = json.loads(f.read().decode("utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:  # missing, unreadable, not JSON
+        raise CharlmError(f"checkpoint {uri} cannot be loaded ({first_line(e)}); "
+                          "pass a checkpoint written by jobs.train") from e
+    return meta
 
 
 def load_model(directory: str, sequences: bool = False):
@@ -90,8 +100,7 @@ def best_in_run(run: str) -> str:
     scored = []
     for info in infos:
         if info.type == pafs.FileType.Directory and _is_checkpoint(fs, info.path):
-            with fs.open_input_stream(f"{info.path}/{META}") as f:
-                meta = json.loads(f.read().decode("utf-8"))
+            meta = read_meta(storage.join(run, os.path.basename(info.path.rstrip("/"))))
             scored.append((meta["metrics"]["val_loss"], meta["epoch"], info.path))
     if not scored:
         raise CharlmError(f"no charlm checkpoint in {run}; pass a run directory written "

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import tensorflow as tf
 
+from charlm import internals
 from charlm.config import TrainConfig
 
 
@@ -99,9 +100,9 @@ def dropout_generators(model: tf.keras.Model) -> dict[str, tf.random.Generator]:
     out of layer.weights and checkpoints on purpose (backward compatibility
     of its own format), so checkpoint.save adds it; it is reached through the
     layer's private `_random_generator`, pinned tf-keras 2.21."""
-    return {layer.name: layer._random_generator._generator for layer in model.layers
+    return {layer.name: internals.dropout_generator(layer) for layer in model.layers
             if isinstance(layer, tf.keras.layers.Dropout)
-            and getattr(layer._random_generator, "_generator", None) is not None}
+            and internals.dropout_generator(layer) is not None}
 
 
 # Train steps per call into TensorFlow when several workers train: the loss

@@ -14,7 +14,8 @@ import json
 import os
 
 from ray.train.backend import Backend, BackendConfig
-from ray.train.v2._internal.util import TrainingFramework
+
+from charlm import internals
 
 
 class TFConfig(BackendConfig):
@@ -24,14 +25,7 @@ class TFConfig(BackendConfig):
 
     @property
     def framework(self):
-        return TrainingFramework.TENSORFLOW
-
-
-def _address() -> str:
-    from ray._common.network_utils import build_address
-    from ray.train._internal.utils import get_address_and_port
-
-    return build_address(*get_address_and_port())
+        return internals.tensorflow_framework()
 
 
 def _set_tf_config(worker_addresses: list[str], index: int) -> None:
@@ -44,7 +38,7 @@ class _TFBackend(Backend):
     def on_start(self, worker_group, backend_config: TFConfig) -> None:
         import ray
 
-        urls = worker_group.execute(_address)
+        urls = worker_group.execute(internals.worker_address)
         ray.get([worker_group.execute_single_async(i, _set_tf_config, worker_addresses=urls,
                                                    index=i)
                  for i in range(len(worker_group))])

@@ -17,6 +17,8 @@ from typing import IO
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from charlm import internals
+
 POLL_S = 0.2  # driver: how often it collects what rank 0 posted
 PROGRESS_S = 0.5  # rank 0: at most one progress update per this many seconds
 
@@ -148,8 +150,6 @@ class Reporter:
         reporter = self
 
         class _Progress(tf.keras.callbacks.Callback):
-            _supports_tf_logs = True
-
             def on_epoch_begin(self, epoch, logs=None):
                 self.epoch = epoch + 1
                 reporter.progress(self.epoch, 0)
@@ -157,4 +157,6 @@ class Reporter:
             def on_train_batch_end(self, batch, logs=None):
                 reporter.progress(self.epoch, batch + 1)
 
-        return _Progress()
+        callback = _Progress()
+        internals.takes_tensor_logs(callback)
+        return callback

@@ -14,7 +14,7 @@ import os
 
 import psutil
 
-from charlm import runtime, storage
+from charlm import internals, runtime, storage
 from charlm.config import TrainConfig
 from charlm.data.parts import Parts, load_parts, prepare
 from charlm.data.stream import Plan, make_plan, round_batch
@@ -71,9 +71,6 @@ def train(config: TrainConfig) -> str:
     runtime.require_shared(storage_path, "--storage-path", config.shared_filesystem)
     if config.use_gpu:
         runtime.require_gpus(config.num_workers)
-    # Ray Train retries starting its workers forever, 60 s a try: one try of
-    # charlm's deadline instead (Train passes the variable to its controller).
-    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(config.placement_timeout)
     # The corpus as parts in Ray's store (charlm.parts): read by Ray Data when
     # large, never whole in this process.
     corpus = load_parts(source, **corpus_args)
@@ -120,7 +117,7 @@ def train(config: TrainConfig) -> str:
         ),
     )
     try:
-        with console:
+        with console, internals.worker_group_start_timeout(config.placement_timeout):
             result = trainer.fit()
         if result.error:
             raise result.error
