@@ -116,13 +116,14 @@ def main() -> None:
     from charlm import runtime
 
     runtime.quiet(False)
+    from charlm import devices
     from charlm.config import VAL_MAXLEN, TrainConfig
     from charlm.data.corpus import load_corpus
     from charlm.data.windows import split
 
     cpus = os.cpu_count() or 1
     runtime.init_ray(cpus_needed=cpus)
-    runtime.set_training_threads(cpus)  # as a worker holding the node's cores
+    devices.set_threads(devices.training_threads(False, cpus))  # a worker holding the node's cores
     corpus = load_corpus(args.corpus)
     train_ids, _ = split(corpus.ids, TrainConfig().val_frac, 64, VAL_MAXLEN)
     results = {"corpus": corpus.name, "characters": len(corpus.text), "cpus": cpus,

@@ -45,7 +45,7 @@ TARGETS = {1000: 1.45, 2000: 1.40}  # the gpu preset's: held-out loss within N s
 
 def child(spec: dict) -> None:
     """Train one recipe; one JSON line per evaluation on stdout."""
-    from charlm import runtime
+    from charlm import devices, runtime
 
     runtime.quiet(False)
     import numpy as np
@@ -58,7 +58,7 @@ def child(spec: dict) -> None:
     from charlm.model.network import averaged, build_model, compile_model, held_out_scorer
     from charlm.training.inputs import without_autotune
 
-    runtime.set_training_threads(spec["threads"])
+    devices.set_threads(devices.training_threads(False, spec["threads"]))
     tf.keras.utils.set_random_seed(spec["seed"])
     config = make_config(spec["preset"], **spec["overrides"])
     corpus = load_corpus(spec["corpus"], min_chars=config.maxlen + 1)

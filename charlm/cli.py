@@ -17,12 +17,21 @@ def _charlm_cause(error: BaseException) -> CharlmError | None:
     wrappers keep only the text (Ray Data's ActorDiedError for an actor's
     constructor): our error is then its line there."""
     wrapped = list(chain(error))
-    found = next((e for e in wrapped if isinstance(e, CharlmError)), None)
+    # The innermost of ours: a RayTaskError wrapping a CharlmError is one
+    # too, with the remote traceback as its message.
+    found = next((e for e in reversed(wrapped) if isinstance(e, CharlmError)
+                  and not _from_ray(e)), None)
     for e in wrapped if found is None else ():
         lines = re.findall(r"charlm\.errors\.CharlmError: (.+)", str(e))
         if lines:
             return CharlmError(lines[-1].strip())
     return found
+
+
+def _from_ray(error: BaseException) -> bool:
+    """A Ray wrapper (a job that never imported Ray, the quick sampler, has none)."""
+    ray_exceptions = sys.modules.get("ray.exceptions")
+    return ray_exceptions is not None and isinstance(error, ray_exceptions.RayError)
 
 
 def run_job(main: Callable[[], object]) -> None:

@@ -98,6 +98,14 @@ def autoscaler_node_types() -> set[str]:
     return set(report.get("active_nodes") or {}) | set(report.get("pending_launches") or {})
 
 
+def hide_unreserved_gpus() -> dict[str, str]:
+    """Worker environment in which Ray sets CUDA_VISIBLE_DEVICES='' for tasks
+    and actors that reserve no GPU, as it sets their own ids for those that
+    do (ray._private.utils.set_visible_accelerator_ids, Ray 2.60.0). No public
+    setting: by default Ray leaves zero-GPU work seeing every GPU of its node."""
+    return {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}
+
+
 # -- Ray Data ------------------------------------------------------------------
 
 def block_refs(dataset) -> Iterator[tuple[object, int, int]]:

@@ -17,32 +17,24 @@ from charlm.errors import CharlmError, chain
 
 
 def worker_env(verbose: bool) -> dict[str, str]:
-    """Environment for every Ray worker: tf-keras, and no C++ log noise by default."""
+    """Environment for every Ray worker: tf-keras, GPUs only for work that reserves
+    them, and no log noise by default."""
     # Two malloc arenas: TensorFlow's threads otherwise each keep their own,
     # and freed activations linger in them (peak memory per worker). A 64 MB
     # top pad: without it a training step's slices (model.CharLM) return
     # their memory to the kernel and fault it back in every slice, which ran
     # a worker at a third of its speed.
-    env = {"TF_USE_LEGACY_KERAS": "1", "MALLOC_ARENA_MAX": "2", "MALLOC_TOP_PAD_": str(64 << 20)}
+    # GPUs only for work that reserves them: work without --use-gpu never
+    # touches a GPU node's devices.
+    env = {"TF_USE_LEGACY_KERAS": "1", "MALLOC_ARENA_MAX": "2", "MALLOC_TOP_PAD_": str(64 << 20),
+           **internals.hide_unreserved_gpus()}
     if not verbose:
-        env.update(TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore", RAY_DATA_LOG_LEVEL="ERROR")
+        # Ray Data logs the stack trace of a failure it raises (an actor pool
+        # that cannot start) at ERROR; the failure itself still reaches the
+        # job, which says it in one line.
+        env.update(TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore",
+                   RAY_DATA_LOG_LEVEL="CRITICAL")
     return env
-
-
-def set_training_threads(cpus: int) -> tuple[int, int]:
-    """TensorFlow threads for training on `cpus` cores: two ops at a time (an
-    LSTM step's matmuls are largely independent: input and recurrent forward,
-    weight and state gradients backward; and a worker waiting on an all-reduce
-    can compute meanwhile), each split over half the cores. On 2 cores, one
-    worker ran the seed preset 20% faster with 1 intra-op thread × 2 inter-op
-    than with 2 × 2, and two 1-CPU workers 3% faster with 2 inter-op threads
-    than with 1 (BENCHMARKS.md). Returns (intra-op, inter-op)."""
-    import tensorflow as tf
-
-    intra, inter = max(1, cpus // 2), 2
-    tf.config.threading.set_intra_op_parallelism_threads(intra)
-    tf.config.threading.set_inter_op_parallelism_threads(inter)
-    return intra, inter
 
 
 @contextlib.contextmanager
@@ -97,8 +89,9 @@ def quiet(verbose: bool) -> None:
     if verbose:
         return
     warnings.filterwarnings("ignore")
-    for name in ("tensorflow", "absl", "ray", "ray.data", "ray.train", "ray.tune"):
+    for name in ("tensorflow", "absl", "ray", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger("ray.data").setLevel(os.environ["RAY_DATA_LOG_LEVEL"])
     mute_tensorflow_import()
 
 
@@ -228,43 +221,64 @@ def require_gpus(count: int) -> None:
 
 def explain_placement_timeout(error: BaseException, what: str, seconds: float,
                               gpus: bool) -> None:
-    """Raises the deadline's one line if `error` is (or wraps) Ray Train's
-    worker-group start timeout or Ray Data's actor start timeout."""
+    """Raises the deadline's one line if `error` is (or wraps) a ray.get
+    deadline, Ray Train's worker-group start timeout or Ray Data's actor start
+    timeout. The causes named are AWS's where nodes come on demand (GPUs, or
+    an autoscaler), missing CPUs on a cluster that cannot grow."""
     from ray.exceptions import GetTimeoutError
 
     if any(isinstance(e, GetTimeoutError) or internals.is_worker_group_start_timeout(e)
            for e in chain(error)):
-        causes = PLACEMENT_CAUSES if gpus else "the cluster lacks the CPUs asked for"
+        causes = PLACEMENT_CAUSES if gpus or _grows() else "the cluster lacks the CPUs asked for"
         raise CharlmError(f"{what} could not be placed on the cluster within "
                           f"{seconds:.0f} s; {causes}; or raise --placement-timeout") from error
 
 
+def _grows() -> bool:
+    try:
+        return on_cluster() and can_add_nodes()
+    except Exception:  # the GCS unreachable: the deadline's line still goes out
+        return False
+
+
+def get_within(refs, seconds: float, what: str, gpus: bool = False):
+    """ray.get(refs) with the placement deadline, which covers placing the
+    work and running it. Past it, the work is cancelled and the deadline's
+    one line raised; a CharlmError raised in the work comes back as itself,
+    without Ray's traceback around it."""
+    import ray
+    from ray.exceptions import GetTimeoutError, RayError
+
+    try:
+        return ray.get(refs, timeout=seconds)
+    except GetTimeoutError as e:
+        for ref in refs if isinstance(refs, list) else [refs]:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # done meanwhile, or not a task's
+                pass
+        explain_placement_timeout(e, what, seconds, gpus)
+        raise
+    except RayError as e:
+        ours = next((c for c in chain(e) if isinstance(c, CharlmError)
+                     and not isinstance(c, RayError)), None)
+        if ours is None:
+            raise
+        raise CharlmError(str(ours)) from e
+
+
+def set_training_threads(cpus: int) -> tuple[int, int]:
+    """The CPU threads of charlm.devices, until worker.py and the benchmarks
+    call it there."""
+    from charlm import devices
+
+    threads = devices.training_threads(False, cpus)
+    devices.set_threads(threads)
+    return threads
+
+
 def check_gpu(use_gpu: bool, what: str, announce: bool = False) -> list[str]:
-    """With --use-gpu, in a Ray worker that holds a GPU: TensorFlow must see it,
-    or the worker fails now, naming its node and the cause (Ray advertises the
-    GPUs a node declares, whatever its CUDA can do: a broken setup would train
-    on the CPU while holding GPU nodes). Returns the devices TensorFlow computes
-    on, and with `announce` prints them."""
-    import tensorflow as tf
+    """charlm.devices.check_gpu, until worker.py and generation/job.py call it there."""
+    from charlm import devices
 
-    gpus = tf.config.list_physical_devices("GPU")
-    if use_gpu and not gpus:
-        import ray
-
-        node_id = ray.get_runtime_context().get_node_id()
-        ip = next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node_id), "?")
-        node = f"{ip} ({node_id[:12]})"
-        ray_gpus = ",".join(map(str, ray.get_gpu_ids())) or "none"
-        if not tf.test.is_built_with_cuda():
-            cause = "this TensorFlow is built without CUDA; install charlm's gpu extra"
-        else:
-            cause = ("CUDA could not start (no NVIDIA driver, or a broken one: check "
-                     "nvidia-smi on the node and that the worker image is the -gpu one)")
-        raise CharlmError(f"{what} on node {node} holds Ray GPU {ray_gpus} (CUDA_VISIBLE_DEVICES="
-                          f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}) but TensorFlow "
-                          f"sees no GPU: {cause}; or drop --use-gpu")
-    devices = [d.name for d in gpus or tf.config.list_physical_devices("CPU")]
-    if announce:
-        sys.stdout.write(f"{what} computes on {', '.join(devices)}\n")
-        sys.stdout.flush()
-    return devices
+    return devices.check_gpu(use_gpu, what, announce)

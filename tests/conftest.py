@@ -2,21 +2,31 @@
 tf-keras before any test module imports TensorFlow. Fixtures that several
 test modules share live here."""
 
+import os
+
 import pytest
 
 import charlm  # noqa: F401
 
+# Ray Train's controller polls its workers every 2 s (Ray 2.60's
+# RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, read from the driver's environment): each
+# tiny test run's start and end would wait for a poll. A test-only setting.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """An embedded Ray for the module, as the jobs start it."""
+
+@pytest.fixture(scope="session")
+def ray_local(s3_env):
+    """One embedded Ray for the whole session, as the jobs start it; this
+    process and Ray's workers reach the session's S3 server."""
     import ray
+    from raycluster import environ
 
     from charlm import runtime
 
-    runtime.init_ray(cpus_needed=2)
-    yield
-    ray.shutdown()
+    with environ(s3_env):
+        runtime.init_ray(cpus_needed=2)
+        yield
+        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -28,3 +38,27 @@ def corpus(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
     path.write_text(text)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def s3_env():
+    """moto's S3 server with raycluster.BUCKET, for the whole session; yields
+    the environment that reaches it (not applied to this process: a module
+    that reads s3:// itself applies it, raycluster.environ)."""
+    from raycluster import BUCKET, s3_server
+
+    with s3_server(BUCKET) as env:
+        yield env
+
+
+@pytest.fixture(scope="session")
+def multinode(s3_env):
+    """The one multi-node cluster of the session, shaped like cluster.yaml's: a
+    head with 0 CPUs, three CPU nodes and one that advertises a GPU TensorFlow
+    cannot see (`ray start --num-gpus 1`); S3 the only storage, its credentials
+    on every node as an instance profile's would be. Tests that kill a node
+    replace it (raycluster.replace_node)."""
+    from raycluster import ray_cluster
+
+    with ray_cluster(head_cpus=0, workers=[(2, 0)] * 3 + [(1, 1)], env=s3_env) as cluster:
+        yield cluster

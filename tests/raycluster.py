@@ -105,6 +105,16 @@ def kill_node(node: Node) -> None:
     kill(processes_under(node.temp_dir + os.sep), signal.SIGKILL)
 
 
+def replace_node(cluster: Cluster, node: Node) -> None:
+    """A lost node replaced by a new one with the same resources, as an
+    autoscaler would: the cluster is whole again for the tests that share it."""
+    i = cluster.workers.index(node)
+    fresh = Node(f"{node.temp_dir}-{len(cluster.workers)}", node.cpus, node.gpus)
+    _start([[f"--address={cluster.gcs}", *_node_ports(free_ports(6)), f"--num-cpus={fresh.cpus}",
+             f"--num-gpus={fresh.gpus}", f"--temp-dir={fresh.temp_dir}"]], cluster.env)
+    cluster.workers[i] = fresh
+
+
 def _node_ports(ports: list[int]) -> list[str]:
     node_manager, object_manager, agent_http, agent_grpc, runtime_env_agent, metrics = ports
     return [f"--node-manager-port={node_manager}", f"--object-manager-port={object_manager}",
@@ -168,7 +178,7 @@ def ray_cluster(head_cpus: int, workers: list[tuple[int, int]] = (),
             time.sleep(2)
         yield cluster
     finally:
-        kill(processes_under(root))
+        kill(processes_under(root), signal.SIGKILL)  # nothing of theirs outlives the dir
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -209,6 +219,32 @@ def wait_for(cluster: Cluster, submission_id: str,
         time.sleep(2)
 
 
+class Jobs:
+    """Jobs submitted at once (`ray job submit --no-wait`), so that their
+    start-up overlaps; each one's (final status, logs, seconds it ran) is
+    waited for when first asked, once."""
+
+    def __init__(self, cluster: Cluster, timeout: float = JOB_TIMEOUT_S) -> None:
+        self.cluster, self.timeout, self.found = cluster, timeout, {}
+
+    def submit(self, submission_id: str, *args: str, module: str = "pipeline") -> Jobs:
+        submit(self.cluster, submission_id, *args, module=module, wait=False)
+        return self
+
+    def __getitem__(self, submission_id: str) -> tuple[str, str, float]:
+        if submission_id not in self.found:
+            try:
+                status, log = wait_for(self.cluster, submission_id, self.timeout)
+                job = state(self.cluster, "jobs", f"submission_id={submission_id}")[0]
+                self.found[submission_id] = (status, log,
+                                             (job["end_time"] - job["start_time"]) / 1000)
+            except BaseException as e:  # pytest.fail's too: each job is waited for once
+                self.found[submission_id] = e
+        if isinstance(self.found[submission_id], BaseException):
+            raise self.found[submission_id]
+        return self.found[submission_id]
+
+
 def logs(cluster: Cluster, submission_id: str) -> str:
     return ray_cli(cluster, "job", "logs", "--address", cluster.address, submission_id).stdout
 
@@ -242,6 +278,9 @@ def job_id(cluster: Cluster, submission_id: str) -> str:
 
 
 # -- S3 ------------------------------------------------------------------------
+
+BUCKET = "charlm"  # the shared multi-node cluster's (conftest.multinode)
+RUNS = f"s3://{BUCKET}/runs"
 
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                   "AWS_DEFAULT_REGION": "us-east-1"}

@@ -1,8 +1,8 @@
-"""The cluster path, on a cluster shaped like cluster.yaml's: a head with 0 CPUs,
-three CPU worker nodes and one that advertises a GPU TensorFlow cannot see,
-joined with `ray start --address`; an S3-compatible server (moto) as the only
-storage; every job sent with `ray job submit --working-dir .`. One cluster for
-the whole module: the jobs are tiny, they prove wiring.
+"""The cluster path, on the session's multi-node cluster (conftest.multinode):
+shaped like cluster.yaml's, a head with 0 CPUs, three CPU worker nodes and one
+that advertises a GPU TensorFlow cannot see, joined with `ray start
+--address`; an S3-compatible server (moto) as the only storage; every job
+sent with `ray job submit --working-dir .`. The jobs are tiny: they prove wiring.
 """
 
 from __future__ import annotations
@@ -16,24 +16,22 @@ import psutil
 import pyarrow.fs as pafs
 import pytest
 from raycluster import (
+    RUNS,
     TINY,
     Cluster,
+    Jobs,
     environ,
     error_lines,
     job_id,
     kill_node,
     printed,
     processes_under,
-    ray_cluster,
-    s3_server,
+    replace_node,
     state,
     submit,
     wait_for,
 )
 
-BUCKET = "charlm"
-RUNS = f"s3://{BUCKET}/runs"
-CPU_NODES = 3
 # Each training worker on a node of its own, with room on the third to
 # re-place one after a node is lost (Ray Data's tasks run beside them).
 SPREAD = ["--train.num-workers", "2", "--train.placement-strategy", "STRICT_SPREAD"]
@@ -44,16 +42,9 @@ TWO_NODES = [f.replace("--train.", "--") for f in SPREAD]
 
 
 @pytest.fixture(scope="module")
-def s3() -> Iterator[dict[str, str]]:
-    with s3_server(BUCKET) as env, environ(env):
-        yield env
-
-
-@pytest.fixture(scope="module")
-def cluster(s3: dict[str, str]) -> Iterator[Cluster]:
-    # The S3 credentials reach every node's processes, as an instance profile would.
-    with ray_cluster(head_cpus=0, workers=[(2, 0)] * CPU_NODES + [(1, 1)], env=s3) as c:
-        yield c
+def cluster(multinode: Cluster, s3_env: dict[str, str]) -> Iterator[Cluster]:
+    with environ(s3_env):  # pandas and pyarrow read s3:// in this process too
+        yield multinode
 
 
 def s3_exists(uri: str) -> bool:
@@ -83,6 +74,11 @@ def wired(cluster: Cluster, corpus: str) -> str:
 
 def test_pipeline_trains_on_two_nodes_and_writes_s3(cluster: Cluster, wired: str) -> None:
     run = f"{RUNS}/wired"
+    # The job's output (after the ray CLI's own coloured header) holds the
+    # driver's lines: no worker prefix, no colour.
+    job_output = wired.split("Running entrypoint for job", 1)[-1]
+    assert re.search(r"^epoch 1/1  loss .* val_bpc ", job_output, flags=re.MULTILINE), wired
+    assert "pid=" not in job_output and "\x1b[" not in job_output, wired[-5000:]
     nodes = train_worker_nodes(cluster, "pipeline-s3")
     assert len(nodes) == 2 and len(set(nodes)) == 2, nodes
 
@@ -100,41 +96,29 @@ def test_pipeline_trains_on_two_nodes_and_writes_s3(cluster: Cluster, wired: str
     assert chart.startswith("s3://") and s3_exists(chart)
 
 
-def test_resubmitting_the_name_resumes_from_s3(cluster: Cluster, corpus: str,
-                                               wired: str) -> None:
-    """The restore reads the optimizer's slots from Ray Train's temporary copy
-    of the S3 checkpoint: the next epoch's first step must not need it."""
-    run = f"{RUNS}/wired"
-    status, log = submit(cluster, "train-s3-again", "--corpus", corpus, "--storage-path", RUNS,
-                         "--name", "wired", *TRAIN_TINY, *TWO_NODES, "--epochs", "2",
-                         module="train")
-    assert status == "succeeded", log[-5000:]
-    assert "resumed from epoch 1" in log, log[-5000:]
-    assert history_epochs(run) == [1, 2]
-    assert printed(log, "best checkpoint").startswith(f"{run}/checkpoint_epoch_")
-
-
-def test_losing_a_node_resumes_from_s3(cluster: Cluster, corpus: str) -> None:
-    run = f"{RUNS}/node-lost"
-    epochs = 3
-    submit(cluster, "train-node-lost", "--corpus", corpus, "--storage-path", RUNS,
-           "--name", "node-lost", *TRAIN_TINY, *TWO_NODES, "--epochs", str(epochs),
-           "--max-failures", "2",
-           module="train", wait=False)
-    # Kill once Ray Train has registered epoch 1's checkpoint in its persisted
-    # state: the restart must then resume from it.
+def test_a_resubmitted_run_resumes_and_outlives_a_lost_node(cluster: Cluster,
+                                                            corpus: str, wired: str) -> None:
+    """Submitting `wired` again resumes it from its epoch 1 on S3; then a whole
+    worker node is lost once epoch 2's checkpoint is registered, and Ray Train
+    restarts the workers, which resume from that one. The restore reads the
+    optimizer's slots from Ray Train's temporary copy of the S3 checkpoint:
+    the next epoch's first step must not need it."""
+    run, epochs = f"{RUNS}/wired", 4
+    submit(cluster, "train-s3-again", "--corpus", corpus, "--storage-path", RUNS,
+           "--name", "wired", *TRAIN_TINY, *TWO_NODES, "--epochs", str(epochs),
+           "--max-failures", "2", "--keep-checkpoints", "1", module="train", wait=False)
     fs, snapshot = pafs.FileSystem.from_uri(f"{run}/checkpoint_manager_snapshot.json")
     deadline = time.monotonic() + 240
 
     def registered() -> bool:
         try:
             with fs.open_input_stream(snapshot) as f:
-                return "checkpoint_epoch_0001" in f.read().decode()
+                return "checkpoint_epoch_0002" in f.read().decode()
         except OSError:
             return False
 
     while not registered():
-        assert time.monotonic() < deadline, "no first checkpoint registered"
+        assert time.monotonic() < deadline, "no second checkpoint registered"
         time.sleep(0.5)
     victim = next(node for node in cluster.workers
                   if any("RayTrainWorker" in " ".join(p.cmdline())
@@ -143,66 +127,90 @@ def test_losing_a_node_resumes_from_s3(cluster: Cluster, corpus: str) -> None:
                       "TrainController" in " ".join(p.cmdline())
                       for p in processes_under(node.temp_dir + "/")))
     kill_node(victim)
-    assert not [p for p in processes_under(victim.temp_dir + "/")
-                if p.status() != psutil.STATUS_ZOMBIE]
-    status, log = wait_for(cluster, "train-node-lost")
+    try:
+        assert not [p for p in processes_under(victim.temp_dir + "/")
+                    if p.status() != psutil.STATUS_ZOMBIE]
+        status, log = wait_for(cluster, "train-s3-again")
+    finally:
+        replace_node(cluster, victim)
     assert status == "succeeded", log[-5000:]
-    assert "resumed from epoch" in log, log[-5000:]
+    assert "resumed from epoch 1" in log and "resumed from epoch 2" in log, log[-5000:]
     assert history_epochs(run) == list(range(1, epochs + 1))
+    best = printed(log, "best checkpoint")
+    fs, path = pafs.FileSystem.from_uri(run)
+    kept = [i.base_name for i in fs.get_file_info(pafs.FileSelector(path))
+            if i.base_name.startswith("checkpoint_epoch_")]
+    # --keep-checkpoints 1: the best and the latest, deleted from S3 as the run went.
+    assert best.rsplit("/", 1)[1] in kept and f"checkpoint_epoch_{epochs:04d}" in kept
+    assert len(kept) <= 2, kept
 
 
-def test_local_paths_are_refused_on_a_multi_node_cluster(cluster: Cluster, corpus: str,
-                                                         wired: str, tmp_path) -> None:
-    """Nothing written, one line naming the flag; --shared-filesystem is the way out."""
-    local = tmp_path / "runs"
-    status, log = submit(cluster, "train-local", "--corpus", corpus, "--storage-path",
-                         str(local), "--epochs", "1", module="train")
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    """A path on this machine's disk, which is one node's of several."""
+    return tmp_path_factory.mktemp("local") / "runs"
+
+
+@pytest.fixture(scope="module")
+def refused(cluster: Cluster, corpus: str, wired: str, local) -> Jobs:
+    """The jobs that must fail before their first step or batch, all at once."""
+    refused = Jobs(cluster)
+    refused.submit("train-local", "--corpus", corpus, "--storage-path", str(local),
+                   "--epochs", "1", module="train")
+    refused.submit("generate-local", "--checkpoint", f"{RUNS}/wired", "--output",
+                   str(local / "gen"), "--num-seeds", "1", module="generate")
+    refused.submit("train-no-gpu", "--corpus", corpus, "--storage-path", RUNS, "--name",
+                   "no-gpu", "--use-gpu", *TRAIN_TINY, module="train")
+    refused.submit("generate-no-gpu", "--checkpoint", f"{RUNS}/wired", "--output",
+                   f"{RUNS}/wired/gpu-generations", "--num-seeds", "1", "--use-gpu",
+                   module="generate")
+    refused.submit("train-unplaceable", "--corpus", corpus, "--storage-path", RUNS, "--name",
+                   "unplaceable", *TRAIN_TINY, "--cpus-per-worker", "64",
+                   "--placement-timeout", "5", module="train")
+    return refused
+
+
+def one_error(jobs: Jobs, name: str) -> tuple[str, str]:
+    status, log, _ = jobs[name]
     errors = error_lines(log)
     assert status == "failed" and len(errors) == 1, log[-5000:]
-    assert "--storage-path" in errors[0] and "--shared-filesystem" in errors[0]
+    return errors[0], log
+
+
+def test_local_paths_are_refused_on_a_multi_node_cluster(refused: Jobs, local) -> None:
+    """Nothing written, one line naming the flag; --shared-filesystem is the way out."""
+    error, _ = one_error(refused, "train-local")
+    assert "--storage-path" in error and "--shared-filesystem" in error
+    error, _ = one_error(refused, "generate-local")
+    assert "--output" in error
     assert not local.exists()
 
-    status, log = submit(cluster, "generate-local", "--checkpoint", f"{RUNS}/wired",
-                         "--output", str(local / "gen"), "--num-seeds", "1", module="generate")
-    errors = error_lines(log)
-    assert status == "failed" and len(errors) == 1 and "--output" in errors[0], log[-5000:]
-    assert not local.exists()
 
-
-def test_use_gpu_fails_fast_where_tensorflow_sees_no_gpu(cluster: Cluster, corpus: str,
-                                                        wired: str) -> None:
+def test_use_gpu_fails_fast_where_tensorflow_sees_no_gpu(cluster: Cluster,
+                                                        refused: Jobs) -> None:
     """The fourth node advertises a GPU (`ray start --num-gpus 1`) that
     TensorFlow cannot see: the broken-CUDA case. Training and generation fail
     before their first step or batch, in one line naming the node and cause."""
-    status, log = submit(cluster, "train-no-gpu", "--corpus", corpus, "--storage-path", RUNS,
-                         "--name", "no-gpu", "--use-gpu", *TRAIN_TINY, module="train")
-    errors = error_lines(log)
-    assert status == "failed" and len(errors) == 1, log[-5000:]
     gpu_node = next(n["node_id"] for n in state(cluster, "nodes")
-                    if n["resources_total"].get("GPU"))
-    assert re.search(rf"training worker 0 on node \S+ \({gpu_node[:12]}\)", errors[0]), errors
-    assert "TensorFlow sees no GPU" in errors[0], errors
+                    if n["resources_total"].get("GPU") and n["state"] == "ALIVE")
+    error, log = one_error(refused, "train-no-gpu")
+    assert re.search(rf"training worker 0 on node \S+ \({gpu_node[:12]}\)", error), error
+    # The node has no CUDA wheels (nor driver): the first cause is the gpu extra.
+    assert "TensorFlow sees no GPU" in error and "gpu extra" in error, error
     assert "epoch 1/1" not in log and not s3_exists(f"{RUNS}/no-gpu/history.parquet")
 
-    output = f"{RUNS}/wired/gpu-generations"
-    status, log = submit(cluster, "generate-no-gpu", "--checkpoint", f"{RUNS}/wired",
-                         "--output", output, "--num-seeds", "1", "--use-gpu",
-                         module="generate")
-    errors = error_lines(log)
-    assert status == "failed" and len(errors) == 1, log[-5000:]
-    assert re.search(rf"generation actor on node \S+ \({gpu_node[:12]}\)", errors[0]), errors
-    assert "TensorFlow sees no GPU" in errors[0], errors
-    assert not s3_exists(output)
+    error, log = one_error(refused, "generate-no-gpu")
+    assert re.search(rf"generation actor on node \S+ \({gpu_node[:12]}\)", error), error
+    assert "TensorFlow sees no GPU" in error and "gpu extra" in error, error
+    assert not s3_exists(f"{RUNS}/wired/gpu-generations")
+    # One line, as training's: the GPU is checked before Ray Data starts an
+    # actor, so none of its failure's tracebacks reach the job's log.
+    job_output = log.split("Running entrypoint for job", 1)[-1]
+    assert "Traceback" not in job_output and "ActorDiedError" not in job_output, job_output
 
 
-
-def test_workers_that_cannot_be_placed_fail_at_the_deadline(cluster: Cluster,
-                                                             corpus: str) -> None:
+def test_workers_that_cannot_be_placed_fail_at_the_deadline(refused: Jobs) -> None:
     """No node has 64 CPUs and no autoscaler can add one: Ray Train alone would
     retry forever; charlm's deadline ends the job in one line."""
-    status, log = submit(cluster, "train-unplaceable", "--corpus", corpus, "--storage-path",
-                         RUNS, "--name", "unplaceable", *TRAIN_TINY, "--cpus-per-worker", "64",
-                         "--placement-timeout", "5", module="train")
-    errors = error_lines(log)
-    assert status == "failed" and len(errors) == 1, log[-5000:]
-    assert "training workers could not be placed on the cluster within 5 s" in errors[0], errors
+    error, _ = one_error(refused, "train-unplaceable")
+    assert "training workers could not be placed on the cluster within 5 s" in error, error

@@ -1,7 +1,7 @@
-"""cluster.yaml, checked offline the way `ray up` checks it before touching AWS,
-plus what Ray cannot know: that the node types can host a GPU training run,
-that the images match pyproject's pins and that no control port faces the
-internet."""
+"""cluster.yaml and ./Dockerfile, checked offline the way `ray up` checks the
+config before touching AWS, plus what Ray cannot know: that the node types can
+host a GPU training run, that every node is in the user's own security group,
+and that the images match pyproject's pins, with a CUDA TensorFlow can use."""
 
 from __future__ import annotations
 
@@ -17,9 +17,6 @@ import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Ray's dashboard/jobs API, GCS and client server: reached only through
-# `ray dashboard cluster.yaml`, an SSH tunnel.
-CONTROL_PORTS = (8265, 6379, 10001)
 # One CPU per training worker; the rest run Ray Data's tasks beside them.
 CPUS_PER_TRAIN_WORKER = 1
 
@@ -72,12 +69,6 @@ def test_prepared_config_passes_ray_validation(prepared: dict) -> None:
     validate_config(prepared)
 
 
-def test_head_runs_no_training(raw: dict) -> None:
-    head = raw["available_node_types"][raw["head_node_type"]]
-    assert head["resources"].get("CPU") == 0
-    assert not head["resources"].get("GPU")
-
-
 @pytest.mark.parametrize("num_workers", [1, 4, 8])
 def test_gpu_types_can_host_training(raw: dict, num_workers: int) -> None:
     """--num-workers N --use-gpu: one GPU per worker, CPUs to spare beside each."""
@@ -89,47 +80,104 @@ def test_gpu_types_can_host_training(raw: dict, num_workers: int) -> None:
         assert t.get("min_workers", 0) <= t["max_workers"], name
 
 
-def test_nodes_scale_down_when_idle(raw: dict) -> None:
-    assert raw["idle_timeout_minutes"] > 0
-    assert all(t.get("min_workers", 0) == 0 for t in worker_types(raw).values())
-
-
-def test_no_ingress_for_control_ports(raw: dict) -> None:
-    """No rule opens a Ray port, or every port, to the world."""
-    rules = raw["provider"].get("security_group", {}).get("IpPermissions", [])
-    for rule in rules:
-        low, high = rule.get("FromPort", -1), rule.get("ToPort", -1)
-        for port in CONTROL_PORTS:
-            assert not (low == -1 or low <= port <= high), rule
-        ranges = [r.get("CidrIp") for r in rule.get("IpRanges", [])]
-        ranges += [r.get("CidrIpv6") for r in rule.get("Ipv6Ranges", [])]
-        assert not {"0.0.0.0/0", "::/0"} & set(ranges), rule
-    for t in raw["available_node_types"].values():
-        assert "SecurityGroupIds" not in t["node_config"], "use the launcher's group"
+def test_every_node_type_names_one_security_group(raw: dict) -> None:
+    """By id, in every node_config: Ray then looks up no group by name in the
+    first VPC it finds (creating one open to SSH from anywhere when the name
+    is absent there), and picks subnets in the group's own VPC."""
+    groups = {name: t["node_config"].get("SecurityGroupIds") or t["node_config"].get("SubnetIds")
+              for name, t in raw["available_node_types"].items()}
+    assert all(groups.values()), f"a node type without SecurityGroupIds: {groups}"
+    assert len({tuple(g) for g in groups.values()}) == 1, f"one group for all: {groups}"
+    for group in next(iter(groups.values())):
+        assert re.fullmatch(r"sg-([0-9a-f]{8}|[0-9a-f]{17}|CHANGE-ME)", group), group
+    assert "security_group" not in raw["provider"], "the group is the one made by hand"
 
 
 # Ray's published image tags: rayproject/ray:<version>-py<3 and minor>, then
-# -gpu (or a -cuXY build) for GPU nodes, or nothing for CPU ones.
-IMAGE_TAG = re.compile(r"rayproject/ray:(\d+\.\d+\.\d+)-py3(\d+)(-gpu|-cu\d+)?")
+# the platform: -cpu or none (CPU), -cuXYZ (that CUDA), -gpu (an alias).
+IMAGE_TAG = re.compile(r"rayproject/ray:(\d+\.\d+\.\d+)-py3(\d+)(?:-(cpu|gpu|cu\d+))?")
 # The Pythons Ray publishes images for at 2.60.
 RAY_IMAGE_PYTHONS = (10, 11, 12, 13)
+# (CUDA, cuDNN major) of each platform of Ray's images (Ray's CI:
+# ci/ray_ci/docker_container.py PLATFORMS_RAY; -gpu is GPU_PLATFORM).
+RAY_IMAGE_CUDA = {"cpu": None, None: None, "gpu": ("12.1", 8), "cu121": ("12.1", 8),
+                  "cu123": ("12.3", 9), "cu124": ("12.4", 9), "cu125": ("12.5", 9),
+                  "cu126": ("12.6", 9), "cu128": ("12.8", 9)}
+# (CUDA, cuDNN) that each pinned TensorFlow is built for and needs at least.
+TENSORFLOW_CUDA = {"2.21.0": ("12.5", "9.3")}
 
 
-def test_images_follow_rays_tag_scheme_for_the_pins(raw: dict, pyproject: str) -> None:
-    """The driver runs in the head's image, training in the workers': both must
-    be a tag Ray publishes, of the Ray that pyproject pins, on one Python that
-    pyproject allows; the workers' the GPU build."""
-    ray_pin = pin(pyproject, "ray")
+def as_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in version.split("."))
+
+
+def images(raw: dict) -> dict[str, str]:
+    """Every image cluster.yaml runs, by its key, and ./Dockerfile's base."""
+    found = {k: raw["docker"][k] for k in ("image", "head_image", "worker_image")
+             if raw["docker"].get(k)}
+    with open(os.path.join(ROOT, "Dockerfile"), encoding="utf-8") as f:
+        found["Dockerfile"] = re.search(r"^FROM (\S+)", f.read(), flags=re.MULTILINE).group(1)
+    return found
+
+
+def test_tensorflows_cuda_table_matches_the_pinned_wheel(pyproject: str) -> None:
+    """The table below is TensorFlow's own word: its build info and the cuDNN
+    its CUDA extra requires (the wheels of charlm's gpu extra)."""
+    import importlib.metadata
+
+    import tensorflow as tf
+
+    cuda, cudnn = TENSORFLOW_CUDA[pin(pyproject, "tensorflow")]
+    assert tf.sysconfig.get_build_info()["cuda_version"].startswith(f"{cuda}.")
+    wanted = next(r for r in importlib.metadata.requires("tensorflow")
+                  if r.startswith("nvidia-cudnn-cu12") and "and-cuda" in r)
+    assert as_tuple(re.search(r">=([\d.]+)", wanted).group(1))[:2] >= as_tuple(cudnn), wanted
+
+
+def test_images_are_rays_for_the_pins_with_cuda_that_tensorflow_can_use(
+        raw: dict, prepared: dict, pyproject: str) -> None:
+    """Every image is a Ray tag of the pinned Ray, on one Python pyproject
+    allows, or the charlm image (./Dockerfile, whose base is checked). An
+    image's own CUDA is at least TensorFlow's, with its cuDNN major; an image
+    without CUDA takes TensorFlow's own from the gpu extra on the workers, and
+    the driver from the host (`--gpus all`)."""
+    ray_pin, tf_pin = pin(pyproject, "ray"), pin(pyproject, "tensorflow")
     low, high = map(int, re.search(r'requires-python = ">=3\.(\d+),<3\.(\d+)"',
                                    pyproject).groups())
-    tags = {key: IMAGE_TAG.fullmatch(raw["docker"][key]) for key in ("head_image", "worker_image")}
-    for key, tag in tags.items():
-        assert tag, f"{key} {raw['docker'][key]} is not a Ray image tag"
-        version, minor, build = tag.groups()
-        assert version == ray_pin, key
-        assert low <= int(minor) < high and int(minor) in RAY_IMAGE_PYTHONS, key
-    assert tags["head_image"].group(2) == tags["worker_image"].group(2), "one Python"
-    assert tags["head_image"].group(3) is None and tags["worker_image"].group(3), "GPU workers"
+    cuda, cudnn = TENSORFLOW_CUDA[tf_pin]
+    workers = " ".join(prepared["worker_setup_commands"])
+    pythons = set()
+    for key, image in images(raw).items():
+        tag = IMAGE_TAG.fullmatch(image)
+        if tag is None and key != "Dockerfile":
+            continue  # the charlm image, built from ./Dockerfile
+        assert tag, f"{key} {image} is not a Ray image tag"
+        version, minor, platform = tag.groups()
+        assert version == ray_pin, (key, image)
+        assert low <= int(minor) < high and int(minor) in RAY_IMAGE_PYTHONS, (key, image)
+        pythons.add(minor)
+        assert platform in RAY_IMAGE_CUDA, f"{image}: add its CUDA to RAY_IMAGE_CUDA"
+        stack = RAY_IMAGE_CUDA[platform]
+        if stack is None:
+            assert '[gpu]"' in workers, "no CUDA in the image: the workers need the gpu extra"
+            options = raw["docker"].get("run_options", []) + \
+                raw["docker"].get("worker_run_options", [])
+            assert "--gpus all" in options, "no CUDA in the image: the driver from the host"
+        else:
+            assert as_tuple(stack[0]) >= as_tuple(cuda), f"{image}: CUDA {stack[0]} < {cuda}"
+            assert stack[1] == as_tuple(cudnn)[0], f"{image}: cuDNN {stack[1]}, needs {cudnn}"
+    assert len(pythons) == 1, "one Python on every node"
+
+
+def test_the_charlm_image_installs_the_gpu_extra_where_cluster_yaml_mounts_it(
+        raw: dict) -> None:
+    """The image's editable install sits where file_mounts puts the checkout,
+    so the code that runs is the synced one."""
+    with open(os.path.join(ROOT, "Dockerfile"), encoding="utf-8") as f:
+        dockerfile = f.read()
+    remote = next(iter(raw["file_mounts"])).replace("~", "/home/ray")
+    assert re.search(rf"^WORKDIR {re.escape(remote)}$", dockerfile, flags=re.MULTILINE)
+    assert 'pip install --no-cache-dir -e ".[gpu]"' in dockerfile
 
 
 def test_gpu_extra_pins_tensorflow_with_cuda(pyproject: str) -> None:
@@ -153,20 +201,14 @@ def test_images_are_real_amis(raw: dict) -> None:
             r"resolve:ssm:/aws/service/[\w./-]+", image), (name, image)
 
 
-def test_stopped_nodes_are_terminated(raw: dict) -> None:
-    """A stopped node keeps its EBS volumes billed."""
-    assert raw["provider"].get("cache_stopped_nodes") is False
-
-
 def test_ray_token_auth_on_every_node(raw: dict) -> None:
-    assert "-e RAY_AUTH_MODE=token" in raw["docker"]["run_options"]
+    """The head's and every worker's Ray ask for the token that `ray job
+    submit` brings, from the file every node gets."""
+    docker = raw["docker"]
+    for role in ("head", "worker"):
+        options = docker.get("run_options", []) + docker.get(f"{role}_run_options", [])
+        assert "-e RAY_AUTH_MODE=token" in options, role
     assert raw["file_mounts"].get("~/.ray/auth_token") == "~/.ray/auth_token"
-
-
-def test_ssh_group_is_the_users_own(raw: dict) -> None:
-    """A named, pre-made group (SSH from the user's range, docs/cluster.md): one
-    that `ray up` makes itself admits SSH from anywhere."""
-    assert raw["provider"]["security_group"]["GroupName"]
 
 
 def test_project_synced_and_installed(raw: dict, prepared: dict) -> None:

@@ -4,16 +4,11 @@ several times slower), and --use-gpu without GPUs fails at once, clearly."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from charlm.config import make_config
 from charlm.model.network import build_model
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from jobs.train import main
 
 CONFIGS = {
     "seed": dict(preset="seed"),
@@ -40,19 +35,21 @@ def test_lstm_layers_keep_cudnn_conditions(name: str) -> None:
         assert layer._could_use_gpu_kernel, f"{layer.name}: tf-keras itself rules cuDNN out"
 
 
-def test_use_gpu_without_gpu_fails_clearly(tmp_path) -> None:
-    """Embedded Ray on a machine with no GPU: exit 2 and one `error:` line
-    naming the GPU, not a trainer waiting forever for GPU workers."""
+def test_use_gpu_without_gpu_fails_clearly(ray_local, tmp_path, capsys) -> None:
+    """An embedded Ray on a machine with no GPU: exit 2 and one `error:` line
+    naming the GPU, not a trainer waiting forever for GPU workers; nothing
+    written."""
+    import ray
+
+    assert not ray.cluster_resources().get("GPU")
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog. " * 200)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["CUDA_VISIBLE_DEVICES"] = ""  # no GPU for Ray to detect, even on a GPU machine
-    proc = subprocess.run(
-        [sys.executable, "-m", "jobs.train", "--use-gpu", "--corpus", str(corpus),
-         "--preset", "quick", "--epochs", "1", "--storage-path", str(tmp_path / "runs"),
-         "--name", "gpu-check"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
-    )
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert len(errors) == 1 and "GPU" in errors[0], proc.stderr[-3000:]
+    runs = tmp_path / "runs"
+    with pytest.raises(SystemExit) as stop:
+        main(["--use-gpu", "--corpus", str(corpus), "--preset", "quick", "--epochs", "1",
+              "--storage-path", str(runs), "--name", "gpu-check"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert stop.value.code == 2 and len(errors) == 1, err
+    assert "--use-gpu needs 1 GPU(s) but this machine has 0" in errors[0], errors
+    assert not runs.exists()

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import ray
 
-from charlm import runtime
 from charlm.config import VAL_MAXLEN, VAL_STEP
 from charlm.data import parts
 from charlm.data.corpus import BYTES_VOCAB, decode, encode, load_corpus, normalise
@@ -24,44 +23,31 @@ NIETZSCHE = next((p for p in (os.path.join(ROOT, "..", "shared", "data", "nietzs
 
 
 @pytest.fixture(scope="module")
-def s3_server():
-    """A moto S3 server on 127.0.0.1, its variables set before Ray starts so
-    that Ray's workers reach it too (as a job's runtime_env would)."""
-    try:
-        import boto3
-        from moto.server import ThreadedMotoServer
-    except ImportError:
-        yield None
-        return
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
-           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
-        client.create_bucket(Bucket="corpus")
-        yield client
-    server.stop()
+def s3_server(ray_local, s3_env):
+    """The session's S3 server (Ray's workers reach it) with a bucket of this module's."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"],
+                          aws_access_key_id="testing", aws_secret_access_key="testing",
+                          region_name="us-east-1")
+    client.create_bucket(Bucket="corpus")
+    return client
 
 
 @pytest.fixture(scope="module", autouse=True)
-def local_ray(s3_server):
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False,
-                 runtime_env={"env_vars": runtime.worker_env(False)})
-    yield
-    if started:
-        ray.shutdown()
+def local_ray(ray_local):
+    """Every test here reads through Ray."""
 
 
 @pytest.fixture(autouse=True)
 def reuse_processes(monkeypatch):
     """Tiny stretches: a fresh process per few of them would only slow the tests."""
     monkeypatch.setattr(parts, "MAX_CALLS", 0)
+
+
+def read(spec: str, **args) -> parts.Parts:
+    """A corpus read as training reads it: prepared, then its parts in the store."""
+    return parts.load_parts(parts.prepare(spec, **args), **args)
 
 
 def seed_windows(text: str, maxlen: int, step: int) -> list[str]:
@@ -94,7 +80,7 @@ def make_dir(tmp_path, sizes=(2500, 700, 3100)):
 def test_a_directory_gives_each_files_seed_windows(tmp_path, monkeypatch, stretch):
     monkeypatch.setattr(parts, "STRETCH_BYTES", stretch)
     d = make_dir(tmp_path)
-    got = parts.load_parts(str(d), maxlen=10, step=3, val_frac=0.2)
+    got = read(str(d), maxlen=10, step=3, val_frac=0.2)
     texts = [normalise(t) for t in texts_of(d)[:3]]
     cuts = [holdout_start(len(t), 0.2) for t in texts]
     train = [w for t, c in zip(texts, cuts, strict=True) for w in seed_windows(t[:c], 10, 3)]
@@ -115,23 +101,23 @@ def test_a_directory_gives_each_files_seed_windows(tmp_path, monkeypatch, stretc
 def test_the_sha256_changes_with_any_file_and_not_with_the_reading(tmp_path, monkeypatch):
     d = make_dir(tmp_path)
     monkeypatch.setattr(parts, "STRETCH_BYTES", 400)
-    first = parts.load_parts(str(d), maxlen=10, step=3, val_frac=0.2).sha256
-    assert parts.load_parts(str(d), maxlen=20, step=5, val_frac=0.3).sha256 == first
+    first = read(str(d), maxlen=10, step=3, val_frac=0.2).sha256
+    assert read(str(d), maxlen=20, step=5, val_frac=0.3).sha256 == first
     info = {"source": str(d), "sha256": first}
     assert "".join(parts.recorded_texts(info)) == "".join(normalise(t) for t in texts_of(d)[:3])
     (d / "01.txt").write_text("changed " * 20)
-    assert parts.load_parts(str(d), maxlen=10, step=3, val_frac=0.2).sha256 != first
+    assert read(str(d), maxlen=10, step=3, val_frac=0.2).sha256 != first
     with pytest.raises(CharlmError, match="has changed since training"):
         list(parts.recorded_texts(info))
 
 
 def test_a_big_single_file_in_stretches_is_the_small_files_reading(tmp_path, monkeypatch):
     path = make_dir(tmp_path, sizes=(6000,)) / "00.txt"
-    whole = parts.load_parts(str(path), maxlen=40, step=3, val_frac=0.1)
+    whole = read(str(path), maxlen=40, step=3, val_frac=0.1)
     assert not parts.streamed(str(path))
     monkeypatch.setattr(parts, "STRETCH_BYTES", 500)
     assert parts.streamed(str(path))
-    cut = parts.load_parts(str(path), maxlen=40, step=3, val_frac=0.1)
+    cut = read(str(path), maxlen=40, step=3, val_frac=0.1)
     assert len(whole.train) == 1 and len(cut.train) > 5
     assert cut.vocab == whole.vocab and cut.seed_ids == whole.seed_ids
     assert part_windows(cut.train, cut.vocab, 40, 3) == part_windows(whole.train, whole.vocab,
@@ -149,7 +135,7 @@ def test_nietzsche_keeps_the_seed_windows_and_held_out_set(monkeypatch):
     assert len(expected_val) < parts.HELDOUT_CAP  # ~20,000: every one is scored
     for stretch in (parts.STRETCH_BYTES, 64 << 10):
         monkeypatch.setattr(parts, "STRETCH_BYTES", stretch)
-        got = parts.load_parts(NIETZSCHE, maxlen=40, step=3, val_frac=0.1)
+        got = read(NIETZSCHE, maxlen=40, step=3, val_frac=0.1)
         assert got.vocab == corpus.vocab
         assert np.array_equal(np.concatenate([windows(p, 40, 3) for p in ray.get(got.train)]),
                               windows(train_ids, 40, 3))
@@ -160,7 +146,7 @@ def test_nietzsche_keeps_the_seed_windows_and_held_out_set(monkeypatch):
 def test_held_out_scoring_is_capped_by_an_even_deterministic_sample(tmp_path, monkeypatch):
     d = make_dir(tmp_path, sizes=(9000, 9000))
     monkeypatch.setattr(parts, "HELDOUT_CAP", 100)
-    got = parts.load_parts(str(d), maxlen=10, step=3, val_frac=0.2)
+    got = read(str(d), maxlen=10, step=3, val_frac=0.2)
     every = [w for p in ray.get(got.heldout) for w in windows(p, VAL_MAXLEN, VAL_STEP)]
     sample = ray.get(got.heldout_windows)
     assert len(every) > 1000 and sample.shape == (100, VAL_MAXLEN + 1)
@@ -168,14 +154,14 @@ def test_held_out_scoring_is_capped_by_an_even_deterministic_sample(tmp_path, mo
     positions = [index[tuple(w)] for w in sample]
     assert positions == sorted(positions) and positions[0] == 0
     assert positions[-1] > 0.95 * len(every)
-    again = parts.load_parts(str(d), maxlen=10, step=3, val_frac=0.2)
+    again = read(str(d), maxlen=10, step=3, val_frac=0.2)
     assert np.array_equal(ray.get(again.heldout_windows), sample)
 
 
 def test_byte_vocabulary_encodes_utf8_without_a_counting_vocabulary(tmp_path, monkeypatch):
     monkeypatch.setattr(parts, "STRETCH_BYTES", 300)
     d = make_dir(tmp_path)
-    got = parts.load_parts(str(d), maxlen=10, step=3, val_frac=0.2, byte_level=True)
+    got = read(str(d), maxlen=10, step=3, val_frac=0.2, byte_level=True)
     assert got.vocab == BYTES_VOCAB
     data = [normalise(t).encode() for t in texts_of(d)[:3]]
     expected = [bytes(b[i:i + 11]) for b in data
@@ -192,19 +178,17 @@ def test_a_corpus_too_short_for_windows_is_one_line(tmp_path, monkeypatch):
     d.mkdir()
     (d / "a.txt").write_text("tiny text " * 5)
     with pytest.raises(CharlmError, match="too short"):
-        parts.load_parts(str(d), maxlen=40, step=3, val_frac=0.1)
+        read(str(d), maxlen=40, step=3, val_frac=0.1)
 
 
 def test_an_s3_prefix_reads_as_the_same_directory(tmp_path, monkeypatch, s3_server):
-    if s3_server is None:
-        pytest.skip("needs moto[server] and boto3 (the dev extra)")
     s3 = s3_server
     monkeypatch.setattr(parts, "STRETCH_BYTES", 400)
     d = make_dir(tmp_path)
     for name in sorted(os.listdir(d)):
         s3.put_object(Bucket="corpus", Key=f"books/{name}", Body=(d / name).read_bytes())
-    local = parts.load_parts(str(d), maxlen=10, step=3, val_frac=0.2)
-    remote = parts.load_parts("s3://corpus/books", maxlen=10, step=3, val_frac=0.2)
+    local = read(str(d), maxlen=10, step=3, val_frac=0.2)
+    remote = read("s3://corpus/books", maxlen=10, step=3, val_frac=0.2)
     assert remote.vocab == local.vocab and remote.source == "s3://corpus/books"
     assert part_windows(remote.train, remote.vocab, 10, 3) == \
         part_windows(local.train, local.vocab, 10, 3)

@@ -1,6 +1,9 @@
-"""Real job submission: a Ray head started with `ray start` on 127.0.0.1, and
-`python -m jobs.pipeline` sent to it with `ray job submit`, as on a cluster.
-A single-node cluster (a laptop's head) keeps local paths working.
+"""Jobs on a head that can place nothing: 0 CPUs and no worker nodes, as
+cluster.yaml's head is until its GPU nodes come (or when they never come).
+Every wait ends at the placement deadline with one `error:` line and nothing
+written: training from a file, from a directory corpus, and generation. All
+run at once, as `ray job submit` and as a job started on the head itself
+(which joins its cluster); this single-node cluster keeps their local paths.
 
 The head comes from tests/raycluster.py: free ports, its own temp dir and auth
 token, stopped by killing exactly its processes.
@@ -8,90 +11,157 @@ token, stopped by killing exactly its processes.
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 
-import pandas as pd
 import pytest
 from raycluster import (
-    JOB_TIMEOUT_S,
     ROOT,
     TINY,
     Cluster,
     error_lines,
-    printed,
     ray_cluster,
     state,
     submit,
+    wait_for,
 )
 
+from charlm.config import TrainConfig
 from jobs.pipeline import route
+
+DEADLINE = 8
+# Past the deadline: the job's start (Python, Ray, TensorFlow imports) on a
+# loaded 2-core machine, and the deadline's own polling.
+MARGIN = 30
+TRAIN = [f.replace("--train.", "--") for f in TINY[:TINY.index("--generate.num-seeds")]]
 
 
 @pytest.fixture(scope="module")
 def head() -> Iterator[Cluster]:
-    # More logical CPUs than training workers, or Ray Data's tasks never run.
-    with ray_cluster(head_cpus=4) as cluster:
+    with ray_cluster(head_cpus=0) as cluster:
         yield cluster
 
 
-def test_pipeline_job_succeeds_and_outputs_are_where_it_says(head: Cluster, corpus: str,
-                                                            tmp_path) -> None:
-    storage = tmp_path / "runs"
-    status, log = submit(head, "charlm-pipeline", "--corpus", corpus,
-                         "--storage-path", str(storage), "--name", "submitted", *TINY)
-    assert status == "succeeded", log[-5000:]
-    # The job's output (after the ray CLI's own coloured header) holds the
-    # driver's lines: no worker prefix, no colour.
-    job_output = log.split("Running entrypoint for job", 1)[-1]
-    assert re.search(r"^epoch 1/1  loss .* val_bpc ", job_output, flags=re.MULTILINE), log
-    assert "pid=" not in job_output and "\x1b[" not in job_output, log[-5000:]
+class Stuck:
+    """The jobs, all started at once; each one's (status, log, seconds it
+    ran), waited for when first asked."""
 
-    run_dir = storage / "submitted"
-    checkpoint = printed(log, "best checkpoint")
-    assert os.path.dirname(checkpoint) == str(run_dir)
-    assert os.path.basename(checkpoint).startswith("checkpoint_")
-    assert os.path.isfile(os.path.join(checkpoint, "charlm.json"))
-    assert os.path.isfile(run_dir / "history.parquet")
+    def __init__(self, head: Cluster, corpus: str, root) -> None:
+        self.head, self.outputs, self.found = head, root / "out", {}
+        pieces = root / "pieces"  # a directory corpus: read by Ray Data tasks
+        pieces.mkdir()
+        text = open(corpus, encoding="utf-8").read()
+        for i in range(2):
+            (pieces / f"{i}.txt").write_text(text[i * len(text) // 2:(i + 1) * len(text) // 2])
+        checkpoint = root / "checkpoint"  # what generation's driver reads; no actor starts
+        checkpoint.mkdir()
+        (checkpoint / "charlm.json").write_text(json.dumps({
+            "format": 1, "run": "stuck", "epoch": 1, "vocab": " abcdefghijklmnopqrstuvwxyz",
+            "config": TrainConfig(units=16).to_dict()}))
+        runs, deadline = str(self.outputs / "runs"), ["--placement-timeout", str(DEADLINE)]
+        submit(head, "train-dir", "--corpus", str(pieces), "--storage-path", runs,
+               "--name", "dir", *TRAIN, *deadline, module="train", wait=False)
+        submit(head, "generate", "--checkpoint", str(checkpoint), "--output",
+               str(self.outputs / "gen"), "--seed", "the quick", "--no-recipe-seed", *deadline,
+               module="generate", wait=False)
+        submit(head, "bad-argument", "--corpus", corpus, "--storage-path", runs,
+               "--train.num-workers", "0", wait=False)
+        # After `ray attach`, a job run on the head joins the cluster that `ray
+        # start` recorded there, without RAY_ADDRESS (an embedded Ray would train).
+        env = {k: v for k, v in head.env.items() if k != "RAY_ADDRESS"}
+        env["RAY_TMPDIR"] = os.path.dirname(head.temp_dir)
+        self.log_path = root / "on-head.log"
+        self.started, self.finished = time.monotonic(), []
+        with open(self.log_path, "w") as log:
+            self.on_head = subprocess.Popen(
+                [sys.executable, "-m", "jobs.train", "--corpus", corpus, "--storage-path", runs,
+                 "--name", "file", *TRAIN, *deadline],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        threading.Thread(target=self._wait_on_head, daemon=True).start()
 
-    output = printed(log, "generations")
-    assert output == str(run_dir / "generations")
-    frame = pd.read_parquet(output)
-    assert set(frame["temperature"]) == {0.2, 0.5, 1.0, 1.2}, "the seed's four temperatures"
-    assert frame["seed_text"].nunique() >= 2
-    assert set(frame["checkpoint"]) == {checkpoint}
+    def _wait_on_head(self) -> None:
+        self.on_head.wait()
+        self.finished.append(time.monotonic())
 
-    assert os.path.isfile(printed(log, "chart"))
+    def __getitem__(self, name: str) -> tuple[str, str, float]:
+        if name not in self.found:
+            try:
+                self.found[name] = self._train_file() if name == "train-file" \
+                    else self._job(name)
+            except BaseException as e:  # pytest.fail's too: a job waited for once
+                self.found[name] = e
+        if isinstance(self.found[name], BaseException):
+            raise self.found[name]
+        return self.found[name]
+
+    def _job(self, name: str) -> tuple[str, str, float]:
+        status, log = wait_for(self.head, name, timeout=DEADLINE + MARGIN + 60)
+        job = state(self.head, "jobs", f"submission_id={name}")[0]
+        return status, log, (job["end_time"] - job["start_time"]) / 1000
+
+    def _train_file(self) -> tuple[str, str, float]:
+        try:
+            self.on_head.wait(timeout=max(1.0, self.started + DEADLINE + MARGIN + 60
+                                          - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.on_head.kill()
+            pytest.fail(f"jobs.train on the head did not end:\n{self.log_path.read_text()}")
+        while not self.finished:
+            time.sleep(0.1)
+        return ("failed" if self.on_head.returncode else "succeeded", self.log_path.read_text(),
+                self.finished[0] - self.started)
 
 
-def test_bad_argument_fails_with_one_line_error(head: Cluster, corpus: str, tmp_path) -> None:
-    status, log = submit(head, "charlm-bad-argument", "--corpus", corpus,
-                         "--storage-path", str(tmp_path / "runs"), "--train.num-workers", "0")
-    assert status == "failed", log[-5000:]
+@pytest.fixture(scope="module")
+def stuck(head: Cluster, corpus: str, tmp_path_factory) -> Stuck:
+    return Stuck(head, corpus, tmp_path_factory.mktemp("stuck"))
+
+
+def one_placement_error(stuck: Stuck, name: str, what: str) -> str:
+    status, log, seconds = stuck[name]
     errors = error_lines(log)
-    assert len(errors) == 1 and "--num-workers" in errors[0], log[-5000:]
-    assert "Traceback" not in log
+    assert status == "failed" and len(errors) == 1, log[-5000:]
+    assert f"could not be placed on the cluster within {DEADLINE} s" in errors[0], errors
+    assert what in errors[0] and "Traceback" not in log.split("entrypoint", 1)[-1], log[-5000:]
+    assert seconds <= DEADLINE + MARGIN, f"{name} ran {seconds:.0f} s"
+    return errors[0]
 
 
-def test_a_job_run_on_the_head_joins_its_cluster(head: Cluster, corpus: str, tmp_path) -> None:
-    """After `ray attach`, a job runs on the head without RAY_ADDRESS: it joins
-    the cluster that `ray start` recorded there instead of starting its own."""
-    env = {k: v for k, v in head.env.items() if k != "RAY_ADDRESS"}
-    env["RAY_TMPDIR"] = os.path.dirname(head.temp_dir)  # where this head recorded its address
-    storage = tmp_path / "runs"
-    proc = subprocess.run(
-        [sys.executable, "-m", "jobs.train", "--corpus", corpus, "--storage-path", str(storage),
-         "--name", "on-head", *[f.replace("--train.", "--") for f in TINY[:TINY.index(
-             "--generate.num-seeds")]]],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert os.path.isfile(storage / "on-head" / "history.parquet")
+def test_training_from_a_file_fails_at_the_deadline(stuck: Stuck, head: Cluster) -> None:
+    """The held-out sample needs no CPU; Train's workers wait for the deadline."""
+    error = one_placement_error(stuck, "train-file", "training workers")
+    assert "the cluster lacks the CPUs asked for" in error, error
     drivers = [j for j in state(head, "jobs") if j["type"] == "DRIVER"
                and "jobs.train" in (j.get("entrypoint") or "")]
     assert drivers, "the job ran on an embedded Ray, not on the cluster"
+
+
+def test_generation_fails_at_the_deadline(stuck: Stuck) -> None:
+    one_placement_error(stuck, "generate", "generation actors")
+
+
+def test_bad_argument_fails_with_one_line_error(stuck: Stuck) -> None:
+    status, log, _ = stuck["bad-argument"]
+    errors = error_lines(log)
+    assert status == "failed" and len(errors) == 1 and "--num-workers" in errors[0], log[-5000:]
+    assert "Traceback" not in log
+
+
+def test_training_from_a_directory_fails_at_the_deadline(stuck: Stuck) -> None:
+    """Ray Data's read tasks would wait for a CPU forever."""
+    one_placement_error(stuck, "train-dir", "the corpus's read tasks")
+
+
+def test_nothing_is_written_on_a_cluster_that_places_nothing(stuck: Stuck) -> None:
+    for name in ("train-file", "generate", "bad-argument", "train-dir"):
+        stuck[name]
+    found = [os.path.join(d, f) for d, _, files in os.walk(stuck.outputs) for f in files]
+    assert not found, found
 
 
 def test_route_sends_prefixed_flags_to_their_job() -> None:

@@ -25,8 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from charlm import internals, storage
-from charlm.config import VAL_MAXLEN, VAL_STEP
+from charlm import internals, runtime, storage
+from charlm.config import PLACEMENT_TIMEOUT_S, VAL_MAXLEN, VAL_STEP
 from charlm.data.corpus import (
     BYTES_VOCAB,
     _codepoints,
@@ -117,30 +117,31 @@ def prepare(spec: str | None, *, maxlen: int, step: int, val_frac: float,
         maxlen, val_frac)
 
 
-def load_parts(spec: str | Parts | None, *, maxlen: int, step: int, val_frac: float,
-               byte_level: bool = False, keep_case: bool = False,
-               keep_newlines: bool = False) -> Parts:
-    """The corpus's parts in Ray's object store (Ray must be running), from a
-    spec or what prepare() returned, with the held-out sample scored each epoch
-    and the seeds a run records."""
+def load_parts(prepared: Parts | str, *, maxlen: int, step: int, val_frac: float,
+               byte_level: bool = False, keep_case: bool = False, keep_newlines: bool = False,
+               placement_timeout: float = PLACEMENT_TIMEOUT_S) -> Parts:
+    """The corpus's parts in Ray's object store (Ray must be running), from what
+    prepare() returned (a small corpus's parts, or a large one's spec, read
+    here by Ray Data), with the held-out sample scored each epoch and the
+    seeds a run records. Work that waits for a node ends at the placement
+    deadline, in runtime.explain_placement_timeout's one line."""
     import ray
 
     args = dict(maxlen=maxlen, step=step, val_frac=val_frac)
-    if not isinstance(spec, Parts):
-        spec = prepare(spec, byte_level=byte_level, keep_case=keep_case,
-                       keep_newlines=keep_newlines, **args)
-    if isinstance(spec, Parts):
-        parts = spec
+    if isinstance(prepared, Parts):
+        parts = prepared
         parts.train = [ray.put(p) if isinstance(p, np.ndarray) else p for p in parts.train]
         parts.heldout = [ray.put(p) if isinstance(p, np.ndarray) else p for p in parts.heldout]
     else:
-        parts = _checked_parts(_read_streamed(spec, byte_level, keep_case, keep_newlines,
-                                              **args), maxlen, val_frac)
-    sample = _remote_fn(_heldout_sample_fn).options(num_returns=3)
+        parts = _checked_parts(_read_streamed(prepared, byte_level, keep_case, keep_newlines,
+                                              placement_timeout, **args), maxlen, val_frac)
+    # No CPU asked for: it runs at once wherever Ray puts it (a 0-CPU head too).
+    sample = _remote_fn(_heldout_sample_fn).options(num_returns=3, num_cpus=0)
     windows_ref, seeds_ref, first_ref = sample.remote(
         parts.heldout, parts.heldout_lengths, HELDOUT_CAP, maxlen, SEED_CANDIDATES,
         parts.train[0])
-    seeds, first = ray.get([seeds_ref, first_ref])
+    seeds, first = runtime.get_within([seeds_ref, first_ref], placement_timeout,
+                                      "the held-out sample's task")
     parts.heldout_windows = windows_ref
     parts.seed_ids = first.tolist()
     parts.heldout_seeds = list(dict.fromkeys(_text(s, parts.vocab) for s in seeds))
@@ -347,13 +348,19 @@ class _Encode:
                                                ("kind", pa.int64()), ("ids", pa.binary())]))
 
 
-def _read_streamed(spec: str, byte_level: bool, keep_case: bool, keep_newlines: bool, *,
-                   maxlen: int, step: int, val_frac: float) -> Parts:
+def _read_streamed(spec: str, byte_level: bool, keep_case: bool, keep_newlines: bool,
+                   placement_timeout: float, *, maxlen: int, step: int,
+                   val_frac: float) -> Parts:
     import ray
     import ray.data
 
     fs, rows = stretches(spec)
     reader = _Reader(fs, keep_case, keep_newlines)
+    # Ray Data waits for CPUs without end; a read of a big corpus may rightly
+    # take hours. So the deadline bounds placement alone: a task that asks for
+    # what each map task asks for (1 CPU) must start within it.
+    runtime.get_within(_remote_fn(_placed_fn).remote(), placement_timeout,
+                       "the corpus's read tasks")
 
     def dataset(items: list[dict]) -> ray.data.Dataset:
         ds = ray.data.from_items(items, override_num_blocks=len(items))
@@ -392,7 +399,8 @@ def _read_streamed(spec: str, byte_level: bool, keep_case: bool, keep_newlines: 
     for block, lo, hi in internals.block_refs(encoded):
         unpack = _remote_fn(_unpack_fn).options(num_returns=hi - lo + 1)
         refs = unpack.remote(block, lo, hi, dtype)
-        for key, ref in zip(ray.get(refs[0]), refs[1:], strict=True):
+        keys = runtime.get_within(refs[0], placement_timeout, "the corpus's read tasks")
+        for key, ref in zip(keys, refs[1:], strict=True):
             found.append((key[:3], ref, key[3]))
     found.sort(key=lambda x: x[0])
     pick = {kind: [(ref, n) for (_, _, k), ref, n in found if k == kind]
@@ -413,7 +421,17 @@ def _checked(vocab: str) -> str:
 
 
 def _text(ids, vocab: str) -> str:
-    return decode(np.asarray(ids, dtype=np.int64), vocab)
+    """Ids as text; byte-level ids from their first whole character (a window
+    of bytes may start inside one)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if vocab == BYTES_VOCAB:
+        lead = (ids & 0xC0) != 0x80
+        ids = ids[int(np.argmax(lead)):] if lead.any() else ids[:0]
+    return decode(ids, vocab)
+
+
+def _placed_fn() -> bool:
+    return True
 
 
 def _unpack_fn(block: pa.Table, lo: int, hi: int, dtype) -> tuple:
