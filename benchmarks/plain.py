@@ -27,11 +27,12 @@ def train(corpus_path: str, epochs: int, max_steps: int | None) -> None:
     from charlm.config import VAL_MAXLEN, VAL_STEP, make_config
     from charlm.data.corpus import load_corpus
     from charlm.data.windows import split, split_xy, windows
-    from charlm.model.network import build_model, compile_model, mean_log_loss
-    from charlm.runtime import set_training_threads
+    from charlm.model.network import build_model, compile_model, held_out_scorer
+    from charlm import devices
     from charlm.training.inputs import without_autotune
 
-    threads = set_training_threads(os.cpu_count() or 1)
+    threads = devices.training_threads(False, os.cpu_count() or 1)
+    devices.set_threads(threads)
     config = make_config("seed", corpus=corpus_path, epochs=epochs)
     corpus = load_corpus(corpus_path, min_chars=config.maxlen + 1)
     train_ids, val_ids = split(corpus.ids, config.val_frac, config.maxlen, VAL_MAXLEN)
@@ -52,7 +53,7 @@ def train(corpus_path: str, epochs: int, max_steps: int | None) -> None:
         train_s = time.perf_counter() - t0
         print(json.dumps({
             "epoch": epoch, "loss": round(float(hist.history["loss"][0]), 4),
-            "val_loss": round(mean_log_loss(model, val), 4),
+            "val_loss": round(held_out_scorer(model)(val), 4),
             "windows": steps * config.batch_size, "epoch_s": round(train_s, 3),
             "windows_per_s": round(steps * config.batch_size / train_s, 1),
             "threads": list(threads)}), flush=True)

@@ -65,10 +65,14 @@ class TrainConfig:
     # the micro-batch sum) to this norm; `clipnorm` clips each tensor alone.
     global_clipnorm: float | None = None
     warmup_steps: int = 0  # linear warm-up from 0 to the learning rate, then the schedule
-    # Momentum of an exponential moving average of the weights, kept by the
-    # optimizer; the averaged weights are the ones scored, checkpointed and
-    # generated from (0: off, the weights as trained).
+    # Momentum of an exponential moving average of the weights; the average is
+    # what is scored, and what checkpoints give generation and --init-from
+    # (0: off, the weights as trained).
     weight_average: float = 0.0
+    # Checkpoints a run keeps: the N with the lowest val_loss, plus always the
+    # latest (to resume from); 0 keeps every one.
+    keep_checkpoints: int = 3
+    preset: str | None = None  # the preset make_config started from, recorded in checkpoints
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -130,13 +134,16 @@ class TrainConfig:
         if not 0.0 <= self.weight_average < 1.0:
             raise CharlmError(f"--weight-average is {self.weight_average}; use a momentum in "
                               "[0, 1), such as 0.99 (0: off)")
+        if self.keep_checkpoints < 0:
+            raise CharlmError(f"--keep-checkpoints is {self.keep_checkpoints}; use a number of "
+                              "checkpoints to keep besides the latest, or 0 to keep every one")
 
 
 # The fast recipe predicts every position of non-overlapping 64-character
 # sequences (64 targets per sequence instead of the seed's 1 per window), with
-# small batches, clipping, output dropout and a cosine decay: the route found
-# (benchmarks/quality.py, BENCHMARKS.md) to a held-out loss of 1.35 at the
-# seed's model size, LSTM(128), in less time than the seed's 20 epochs.
+# small batches, clipping, output dropout and a cosine decay: a good held-out
+# loss at the seed's model size, LSTM(128), in less time than the seed's
+# 20 epochs. Every preset's figures: BENCHMARKS.md.
 _FAST = {"objective": "all", "maxlen": 64, "step": 64, "batch_size": 64,
          "learning_rate": 0.02, "clipnorm": 1.0, "dropout": 0.3, "lr_schedule": "cosine"}
 
@@ -146,35 +153,31 @@ PRESETS: dict[str, dict] = {
     # A few minutes on a 2-core CPU that still shows learning.
     "quick": {**_FAST, "epochs": 6},
     "fast": {**_FAST, "epochs": 80},
-    # Fewest optimizer steps at a GPU-sized batch: on a GPU a step over 1,024
-    # sequences costs about what one over 64 does, so time is steps. Adam
-    # with cosine decay and global-norm clipping, as the PyTorch reference,
-    # at twice its rate after a 50-step warm-up: held-out 1.397 by step 1,056
-    # (the reference's 0.01: 1.400 by step 1,386; benchmarks/recipes.py).
-    # The batch is global: W workers each take 1,024 / W of the same step,
-    # so the rate and the per-step curve do not change with W (a batch of
-    # 1,024 x W at a rate x sqrt(W) was measured worse per step and per epoch).
-    # Windows every 4 characters make an epoch 132 steps, so held-out scoring
-    # and checkpoints come every 132 steps (15 per run), not every 8.
+    # Fewest optimizer steps at a GPU-sized batch (on a GPU, a step over 1,024
+    # sequences costs about what one over 64 does): Adam with a warm-up,
+    # cosine decay and global-norm clipping. The batch is global: W workers
+    # each take 1,024 / W of the same step, so the rate and the per-step curve
+    # do not depend on W. Windows every 4 characters make an epoch 132 steps,
+    # so held-out scoring and checkpoints come every 132 steps.
     "gpu": {"objective": "all", "maxlen": 64, "step": 4, "batch_size": 1024, "optimizer": "adam",
             "learning_rate": 0.02, "warmup_steps": 50, "lr_schedule": "cosine",
             "global_clipnorm": 1.0, "dropout": 0.1, "epochs": 15},
-    # Held-out loss within the seed recipe's own 20-epoch time on a CPU: the
-    # fast recipe with two layers of LSTM(256), dropout 0.3 after each, and
-    # scored on averaged weights. One LSTM(256) overfits from 1.31 (1.30 with
-    # windows every 16 characters); depth reached 1.29 by step 2,376, and
-    # the average 1.28 there (benchmarks/recipes.py, BENCHMARKS.md).
+    # The best held-out loss within the seed recipe's own 20-epoch time on a
+    # CPU: the fast recipe with two layers of LSTM(256), dropout 0.3 after
+    # each, scored on averaged weights.
     "quality": {**_FAST, "layers": 2, "units": 256, "dropout": 0.3, "learning_rate": 0.015,
                 "weight_average": 0.99, "epochs": 40},
 }
 
 
 def make_config(preset: str | None, **overrides) -> TrainConfig:
-    """A preset's values, then every override that is not None."""
-    if preset is not None and preset not in PRESETS:
+    """A preset's values (None: the seed's), then every override that is not
+    None; `preset` records the preset's name."""
+    preset = preset or "seed"
+    if preset not in PRESETS:
         raise CharlmError(f"--preset {preset!r} is unknown; choose one of {', '.join(PRESETS)}")
-    values = dict(PRESETS.get(preset or "seed", {}))
+    values = dict(PRESETS[preset])
     values.update({k: v for k, v in overrides.items() if v is not None})
-    config = TrainConfig.from_dict(values)
+    config = TrainConfig.from_dict({**values, "preset": preset})
     config.validate()
     return config

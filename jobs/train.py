@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="a local --storage-path is a mount that every node of the cluster shares")
     a("--storage-path", help="local directory or s3:// URI for runs (default ~/charlm/runs)")
     a("--name", help="run name; rerunning a name resumes it (default: <corpus>-lstm)")
+    a("--keep-checkpoints", type=int, metavar="N",
+      help="keep the N checkpoints with the lowest val_loss, plus the latest (to resume "
+           "from); 0 keeps every one (default 3)")
     a("--max-failures", type=int, help="restarts of a worker group that lost a worker")
     a("--sample-every", type=int, help="print seed-style samples every N epochs")
     a("--seed", type=int, help="seeds the data order, weight initialisation and dropout "
@@ -73,7 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from(args: argparse.Namespace) -> TrainConfig:
     from charlm.config import make_config
 
-    fields = {f: getattr(args, f, None) for f in TrainConfig.__dataclass_fields__}
+    fields = {f: getattr(args, f, None) for f in TrainConfig.__dataclass_fields__
+              if f != "preset"}
     return make_config(args.preset, **fields)
 
 

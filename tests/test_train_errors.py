@@ -1,13 +1,10 @@
-"""Each bad input: one `error:` line naming the problem and the fix, exit 2,
-and nothing written under the storage path."""
-
-import os
-import subprocess
-import sys
+"""Each bad input to jobs.train: one `error:` line naming the problem and the
+fix, exit 2, and nothing written under the storage path; all of them are
+caught before Ray starts, so the job runs in-process."""
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import jobs.train
 
 
 @pytest.fixture()
@@ -31,6 +28,8 @@ CASES = {
     "negative micro-batch": (["--corpus", "{d}/ok.txt", "--micro-batch", "-1"], "--micro-batch"),
     "unknown preset": (["--corpus", "{d}/ok.txt", "--preset", "turbo"], "--preset"),
     "negative patience": (["--corpus", "{d}/ok.txt", "--patience", "-1"], "--patience"),
+    "negative keep-checkpoints": (["--corpus", "{d}/ok.txt", "--keep-checkpoints", "-1"],
+                                  "--keep-checkpoints"),
     "missing --init-from": (["--corpus", "{d}/ok.txt", "--init-from", "{d}/no-run"], "--init-from"),
     "unwritable storage": (["--corpus", "{d}/ok.txt", "--storage-path", "{d}/a_file/runs"],
                            "--storage-path"),
@@ -38,15 +37,16 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_bad_input_fails_in_one_line(case, files):
+def test_bad_input_fails_in_one_line(case, files, capsys):
     args, needle = CASES[case]
     args = [a.format(d=files) for a in args]
     if "--storage-path" not in args:
         args += ["--storage-path", str(files / "runs")]
-    proc = subprocess.run([sys.executable, "-m", "jobs.train", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    with pytest.raises(SystemExit) as exit_:
+        jobs.train.main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert needle in lines[0]
     assert not (files / "runs").exists()

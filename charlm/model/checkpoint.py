@@ -1,10 +1,20 @@
-"""The checkpoint format, shared by training (writes) and generation (reads).
+"""The checkpoint format, shared by training (writes, resumes) and generation
+(reads).
 
-A checkpoint is a directory holding `charlm.json` (vocabulary, training
-config, epoch, corpus used, metrics) and a TensorFlow object checkpoint
-`state.*` (weights, optimizer slots and step, dropout's generator states). Runs live under
-`<storage_path>/<name>/`, one `checkpoint_*` directory per epoch, as Ray Train
-lays them out.
+A checkpoint is a directory holding `charlm.json` (format, vocabulary,
+training config, epoch, corpus used, metrics) and a TensorFlow object
+checkpoint `state.*` with four slots:
+
+- `weights`: the weights generation and --init-from read, by layer
+  (`lstm_<i>/{kernel, recurrent_kernel, bias}`, `next_char/{kernel, bias}`):
+  the moving average with --weight-average, else the weights as trained;
+- `model`: the Keras model, its weights as trained;
+- `optimizer`: its slots and step;
+- `rng`: each dropout layer's generator state.
+
+A resume restores all four; everything else reads `weights` alone. Runs live
+under `<storage_path>/<name>/`, one `checkpoint_epoch_NNNN` directory per
+epoch that Ray Train keeps (trainer: --keep-checkpoints).
 """
 
 from __future__ import annotations
@@ -13,6 +23,8 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import pyarrow.fs as pafs
 
@@ -20,48 +32,68 @@ from charlm import storage
 from charlm.config import TrainConfig
 from charlm.errors import CharlmError, first_line
 
+if TYPE_CHECKING:  # TensorFlow is imported where a model is, never to read charlm.json
+    import tensorflow as tf
+
+    from charlm.model.network import CharLM
+
+FORMAT = 2  # charlm.json's "format": the slots above
 META = "charlm.json"
 STATE = "state"
 
 
-def save(directory: str, model, meta: dict) -> None:
+def weights_slot(lstm: Sequence[Sequence[tf.Variable]],
+                 dense: Sequence[tf.Variable]) -> tf.train.Checkpoint:
+    """The `weights` slot over the given variables: lstm holds (kernel,
+    recurrent_kernel, bias) per layer, dense (kernel, bias). Saving writes
+    them; reading restores into them, whatever else the checkpoint holds."""
     import tensorflow as tf
 
-    from charlm.model.network import dropout_generators
+    layers = {f"lstm_{i}": tf.train.Checkpoint(kernel=k, recurrent_kernel=r, bias=b)
+              for i, (k, r, b) in enumerate(lstm)}
+    return tf.train.Checkpoint(**layers, next_char=tf.train.Checkpoint(kernel=dense[0],
+                                                                      bias=dense[1]))
 
-    tf.train.Checkpoint(model=model, optimizer=model.optimizer,
-                        rng=tf.train.Checkpoint(**dropout_generators(model))).write(
-        os.path.join(directory, STATE))
+
+def _slots(model: CharLM) -> dict:
+    import tensorflow as tf
+
+    from charlm.model.network import dropout_generators, published_weights
+
+    return {"weights": weights_slot(*published_weights(model)), "model": model,
+            "optimizer": model.optimizer,
+            "rng": tf.train.Checkpoint(**dropout_generators(model))}
+
+
+def read_slots(prefix: str, **slots: tf.train.Checkpoint) -> None:
+    """Restore the given slots from the object checkpoint at `prefix`, all at
+    once; every variable they hold must be in it."""
+    import tensorflow as tf
+
+    status = tf.train.Checkpoint(**slots).read(prefix)
+    status.expect_partial()  # slots not asked for
+    status.assert_existing_objects_matched()
+
+
+def save(directory: str, model: CharLM, meta: dict) -> None:
+    """A compiled model's checkpoint, and its charlm.json."""
+    import tensorflow as tf
+
+    tf.train.Checkpoint(**_slots(model)).write(os.path.join(directory, STATE))
     with open(os.path.join(directory, META), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1)
 
 
-def restore(directory: str, model, with_optimizer: bool = True) -> None:
-    """Everything is read before this returns. The optimizer's slots are built
-    first: TensorFlow otherwise restores them lazily, at the first training
-    step, from files that may be gone by then (Ray Train's local copy of a
-    checkpoint on object storage is deleted when its as_directory() closes)."""
-    import tensorflow as tf
-
-    objects = {"model": model}
-    if with_optimizer:
-        with model.distribute_strategy.scope():
-            model.optimizer.build(model.trainable_variables)
-        objects["optimizer"] = model.optimizer
-    status = tf.train.Checkpoint(**objects).read(os.path.join(directory, STATE))
-    status.expect_partial()
-    status.assert_existing_objects_matched()
-    if with_optimizer:
-        # Resuming training: the weights as trained back in the model (a
-        # checkpoint holds the average there, model.swap_average), and
-        # dropout's generators (absent from older checkpoints, which then
-        # resume with fresh ones).
-        from charlm.model.network import dropout_generators, swap_average
-
-        swap_average(model)
-
-        tf.train.Checkpoint(rng=tf.train.Checkpoint(**dropout_generators(model))).read(
-            os.path.join(directory, STATE)).expect_partial()
+def restore(directory: str, model: CharLM) -> None:
+    """Resume: the weights as trained, the average, the optimizer and
+    dropout's generators, all read before this returns. The optimizer's slots
+    are built first: TensorFlow otherwise restores them lazily, at the first
+    training step, from files that may be gone by then (Ray Train's local
+    copy of a checkpoint on object storage is deleted when its
+    as_directory() closes)."""
+    with model.distribute_strategy.scope():
+        model.optimizer.build(model.trainable_variables)
+    read_slots(os.path.join(directory, STATE), **_slots(model))
 
 
 def read_meta(uri: str) -> dict:
@@ -79,13 +111,14 @@ def read_meta(uri: str) -> dict:
     return meta
 
 
-def load_model(directory: str, sequences: bool = False):
-    """Model with the checkpoint's weights (no optimizer), and its metadata."""
-    from charlm.model.network import build_model
+def load_model(directory: str, sequences: bool = False) -> tuple[CharLM, dict]:
+    """A Keras model (not compiled) holding the checkpoint's `weights`, and
+    its metadata."""
+    from charlm.model.network import build_model, layer_weights
 
     meta = read_meta(directory)
     model = build_model(TrainConfig.from_dict(meta["config"]), len(meta["vocab"]), sequences)
-    restore(directory, model, with_optimizer=False)
+    read_slots(os.path.join(directory, STATE), weights=weights_slot(*layer_weights(model)))
     return model, meta
 
 
@@ -93,15 +126,19 @@ def _is_checkpoint(fs: pafs.FileSystem, path: str) -> bool:
     return fs.get_file_info(f"{path.rstrip('/')}/{META}").type == pafs.FileType.File
 
 
-def best_in_run(run: str) -> str:
-    """The checkpoint with the lowest val_loss among a run's checkpoints."""
+def in_run(run: str) -> list[str]:
+    """The URIs of a run's checkpoints, oldest first (none for a new run)."""
     fs, path = storage.resolve(run)
     infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    scored = []
-    for info in infos:
-        if info.type == pafs.FileType.Directory and _is_checkpoint(fs, info.path):
-            meta = read_meta(storage.join(run, os.path.basename(info.path.rstrip("/"))))
-            scored.append((meta["metrics"]["val_loss"], meta["epoch"], info.path))
+    names = sorted(os.path.basename(i.path.rstrip("/")) for i in infos
+                   if i.type == pafs.FileType.Directory and _is_checkpoint(fs, i.path))
+    return [storage.join(run, name) for name in names]
+
+
+def best_in_run(run: str) -> str:
+    """The checkpoint with the lowest finite val_loss among those a run kept:
+    a run directory given to generation, export or --init-from."""
+    scored = [(read_meta(uri)["metrics"]["val_loss"], uri) for uri in in_run(run)]
     if not scored:
         raise CharlmError(f"no charlm checkpoint in {run}; pass a run directory written "
                           "by jobs.train or one of its checkpoint_* directories")
@@ -110,8 +147,31 @@ def best_in_run(run: str) -> str:
     if not finite:
         raise CharlmError(f"no checkpoint in {run} has a finite val_loss; the run diverged: "
                           "train again with a lower --learning-rate or --clipnorm")
-    best = min(finite)[2]
-    return storage.join(run, os.path.basename(best.rstrip("/")))
+    return min(finite)[1]
+
+
+# What decides a checkpoint's variables, by flag: their shapes, the
+# optimizer's slots, whether an average is kept, whether dropout has
+# generators. Each maps a config to (what must match, the value shown).
+_SHAPING = {
+    "--units": lambda c: (c.units, c.units),
+    "--layers": lambda c: (c.layers, c.layers),
+    "--optimizer": lambda c: (c.optimizer, c.optimizer),
+    "--weight-average": lambda c: (c.weight_average > 0, c.weight_average or "0 (off)"),
+    "--dropout": lambda c: (c.dropout > 0, c.dropout or "0 (off)"),
+}
+
+
+def changed_variables(saved: TrainConfig, config: TrainConfig) -> list[tuple[str, str, str]]:
+    """(flag, saved value, new value) for each flag of `config` that would give
+    a model other variables than those `saved`'s checkpoints hold: a run
+    resumes only where there is none. The vocabulary's size decides them too."""
+    changed = []
+    for flag, shaping in _SHAPING.items():
+        (old, shown_old), (new, shown_new) = shaping(saved), shaping(config)
+        if old != new:
+            changed.append((flag, str(shown_old), str(shown_new)))
+    return changed
 
 
 def locate(uri: str) -> str:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from charlm.config import TrainConfig
+
 PAD = -1  # left padding of short contexts: a step that leaves the state untouched
 
 
@@ -39,20 +41,23 @@ def weights_from_model(model: tf.keras.Model) -> Weights:
     return Weights(lstm=lstm, dense=dense)
 
 
-def weights_from_checkpoint(prefix: str, layers: int) -> Weights:
-    """The same weights read straight from a checkpoint's TensorFlow state
-    (`<dir>/state`): no Keras model is built, which saves generation's
-    start-up the tf-keras import and a model build. Keras tracks the layers
-    that hold weights in order: the LSTMs, then the output layer."""
-    reader = tf.train.load_checkpoint(prefix)
+def weights_from_checkpoint(prefix: str, config: TrainConfig, vocab_size: int) -> Weights:
+    """The `weights` slot of a checkpoint's TensorFlow state (`<dir>/state`),
+    restored into variables of the shapes that `config` and the vocabulary's
+    size give (charlm.model.checkpoint): no Keras model is built, which
+    saves generation's start-up the tf-keras import and a model build."""
+    from charlm.model.checkpoint import read_slots, weights_slot
 
-    def get(layer: int, name: str) -> tf.Tensor:
-        return tf.constant(reader.get_tensor(
-            f"model/layer_with_weights-{layer}/{name}/.ATTRIBUTES/VARIABLE_VALUE"))
+    def zeros(*shape: int) -> tf.Variable:
+        return tf.Variable(tf.zeros(shape), trainable=False)
 
-    lstm = tuple(tuple(get(i, f"cell/{name}") for name in ("kernel", "recurrent_kernel", "bias"))
-                 for i in range(layers))
-    return Weights(lstm=lstm, dense=(get(layers, "kernel"), get(layers, "bias")))
+    units, gates = config.units, 4 * config.units
+    lstm = tuple((zeros(vocab_size if i == 0 else units, gates), zeros(units, gates), zeros(gates))
+                 for i in range(config.layers))
+    dense = (zeros(units, vocab_size), zeros(vocab_size))
+    read_slots(prefix, weights=weights_slot(lstm, dense))
+    return Weights(lstm=tuple(tuple(tf.convert_to_tensor(v) for v in layer) for layer in lstm),
+                   dense=tuple(tf.convert_to_tensor(v) for v in dense))
 
 
 def sample(logp: tf.Tensor, temperature: tf.Tensor, uniform: tf.Tensor,

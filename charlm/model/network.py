@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import tensorflow as tf
 
-from charlm import internals
+from charlm import devices, internals
 from charlm.config import TrainConfig
 
 
@@ -35,24 +35,36 @@ class OneHot(tf.keras.layers.Layer):
 
 
 class CharLM(tf.keras.Model):
-    """The functional model, with a train step that holds less in memory.
+    """The functional model, with a train step that holds less in memory and
+    keeps the weights' average.
 
     With `micro_batch` set, a batch larger than it is processed in equal
     slices, one after another, and their gradients are summed (weighted by
     slice size) into one optimizer update: the same step as the whole batch,
-    but only one slice's activations (the gates of 40 LSTM steps, kept for
-    backpropagation) are alive at a time. Two slices of 512 cost a CPU worker
-    no speed; smaller slices do (BENCHMARKS.md). A GPU takes whole batches.
+    but only one slice's activations (the gates of every LSTM step, kept for
+    backpropagation) are alive at a time. A GPU takes whole batches.
+
+    With `weight_average` set (compile_model), every optimizer step is
+    followed, in the same graph, by an update of the average.
     """
 
+    # Class attributes, so that Keras does not track what is assigned to them.
     micro_batch: int | None = None
+    weight_average: WeightAverage | None = None
 
     def train_step(self, data):
         x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
         size = x.shape[0]  # static: the training input has a fixed batch per worker
         if not self.micro_batch or size is None or size <= self.micro_batch \
                 or sample_weight is not None:
-            return super().train_step(data)
+            metrics = super().train_step(data)
+        else:
+            metrics = self._sliced_step(x, y, size)
+        if self.weight_average is not None:
+            self.weight_average.update()
+        return metrics
+
+    def _sliced_step(self, x, y, size: int):
         n = -(-size // self.micro_batch)
         sizes = [size // n + (i < size % n) for i in range(n)]
         grads = None
@@ -70,6 +82,45 @@ class CharLM(tf.keras.Model):
             grads = sliced if grads is None else [a + b for a, b in zip(grads, sliced, strict=True)]
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables, strict=True))
         return self.get_metrics_result()
+
+
+class WeightAverage:
+    """An exponential moving average of a model's trainable weights
+    (--weight-average), in variables of charlm's own: after every optimizer
+    step, average = momentum * average + (1 - momentum) * weight, starting
+    from the weights it is created with. Training never reads it; `swap`
+    exchanges it with the model's weights, and checkpoints save it as the
+    weights that generation reads (charlm.model.checkpoint)."""
+
+    def __init__(self, model: tf.keras.Model, momentum: float):
+        self.momentum = momentum
+        with model.distribute_strategy.scope():  # mirrored like the weights, on every worker
+            self.pairs = tuple((v, tf.Variable(v.read_value(), trainable=False))
+                               for v in model.trainable_variables)
+        self._of = {v.ref(): a for v, a in self.pairs}
+
+    def of(self, variable: tf.Variable) -> tf.Variable:
+        """The average of one of the model's weights."""
+        return self._of[variable.ref()]
+
+    def update(self) -> None:
+        """In a train step (replica context), after the optimizer's step. Every
+        replica holds the same weights after it, so each averages its own."""
+        def apply(strategy):
+            for var, average in self.pairs:
+                strategy.extended.update(average, self._step, args=(var,), group=False)
+
+        tf.distribute.get_replica_context().merge_call(apply)
+
+    def _step(self, average: tf.Variable, var: tf.Variable):
+        return average.assign(self.momentum * average + (1 - self.momentum) * var)
+
+    def swap(self) -> None:
+        """Exchange the average with the model's weights; twice is a no-op."""
+        for var, average in self.pairs:
+            value = var.read_value()
+            var.assign(average.read_value())
+            average.assign(value)
 
 
 def build_model(config: TrainConfig, vocab_size: int,
@@ -97,88 +148,83 @@ def build_model(config: TrainConfig, vocab_size: int,
 
 def dropout_generators(model: tf.keras.Model) -> dict[str, tf.random.Generator]:
     """Each dropout layer's random generator, by layer name. tf-keras keeps it
-    out of layer.weights and checkpoints on purpose (backward compatibility
-    of its own format), so checkpoint.save adds it; it is reached through the
-    layer's private `_random_generator`, pinned tf-keras 2.21."""
+    out of layer.weights and checkpoints, so checkpoint.save adds it."""
     return {layer.name: internals.dropout_generator(layer) for layer in model.layers
             if isinstance(layer, tf.keras.layers.Dropout)
             and internals.dropout_generator(layer) is not None}
 
 
-# Train steps per call into TensorFlow when several workers train: the loss
-# mean is all-reduced and Python runs once per call (2 workers on 2 cores: 5%
-# faster). One worker has no all-reduce to save, and the longer call cost it
-# 40 MB of peak memory.
-STEPS_PER_EXECUTION = 16
+# Weights by layer: (kernel, recurrent_kernel, bias) of each LSTM layer, in
+# order, and (kernel, bias) of the output layer.
+LayerWeights = tuple[tuple[tuple[tf.Variable, ...], ...], tuple[tf.Variable, tf.Variable]]
+
+
+def layer_weights(model: tf.keras.Model) -> LayerWeights:
+    """The model's own weight variables, by layer."""
+    lstm = tuple((layer.cell.kernel, layer.cell.recurrent_kernel, layer.cell.bias)
+                 for layer in model.layers if isinstance(layer, tf.keras.layers.LSTM))
+    dense = model.get_layer("next_char")
+    return lstm, (dense.kernel, dense.bias)
+
+
+def published_weights(model: CharLM) -> LayerWeights:
+    """The weights a checkpoint gives generation and --init-from, by layer:
+    the average's variables if the model keeps one, else its own."""
+    lstm, dense = layer_weights(model)
+    average = model.weight_average
+    if average is None:
+        return lstm, dense
+    return tuple(tuple(map(average.of, layer)) for layer in lstm), tuple(map(average.of, dense))
+
+
+@contextlib.contextmanager
+def averaged(model: CharLM) -> Iterator[None]:
+    """The model computes with its weights' average for the block, if it keeps
+    one (scoring, samples); its own weights are back afterwards, exactly."""
+    average = model.weight_average
+    if average is not None:
+        average.swap()
+    try:
+        yield
+    finally:
+        if average is not None:
+            average.swap()
 
 
 def learning_rate(config: TrainConfig, total_steps: int = 1):
-    """The rate, or its schedule over the run's total_steps: `cosine` decays
-    to 1/20 by the end (the fast preset); `warmup_steps` first rise linearly
-    from 0 to the rate (a constant rate is a cosine with nothing to decay)."""
+    """The rate as a schedule of the optimizer's step over the run's
+    total_steps: `cosine` decays to 1/20 by the end (the fast preset);
+    `warmup_steps` first rise linearly from 0 to the rate; otherwise the rate
+    is constant (a cosine with nothing to decay). Always a schedule, never a
+    variable of its own: a checkpoint holds the step, and a resumed run takes
+    its rate from its own flags."""
     rate, warmup = config.learning_rate, config.warmup_steps
-    cosine = config.lr_schedule == "cosine"
-    if not warmup and not cosine:
-        return rate
     return tf.keras.optimizers.schedules.CosineDecay(
-        0.0 if warmup else rate, max(total_steps - warmup, 1), alpha=0.05 if cosine else 1.0,
+        0.0 if warmup else rate, max(total_steps - warmup, 1),
+        alpha=0.05 if config.lr_schedule == "cosine" else 1.0,
         warmup_target=rate if warmup else None, warmup_steps=warmup)
 
 
 def compile_model(model: CharLM, config: TrainConfig, total_steps: int = 1) -> None:
-    """RMSprop as the seed, or Adam. Clipping happens in the optimizer's
-    apply_gradients, after tf-keras has all-reduced the gradients across
-    workers and after CharLM.train_step has summed its slices, so
-    `global_clipnorm` clips the whole step's gradient. Batches are sliced on
-    CPU workers only."""
+    """RMSprop as the seed, or Adam, under the model's distribution strategy.
+    Clipping happens in the optimizer's apply_gradients, after tf-keras has
+    all-reduced the gradients across workers and after CharLM.train_step has
+    summed its slices, so `global_clipnorm` clips the whole step's gradient.
+    Batches are sliced on CPU workers only. With --weight-average, the
+    average starts from the model's weights as they are now."""
     model.micro_batch = None if config.use_gpu else config.micro_batch
-    optimizer = {"rmsprop": tf.keras.optimizers.RMSprop, "adam": tf.keras.optimizers.Adam}[
-        config.optimizer](learning_rate=learning_rate(config, total_steps),
-                          clipnorm=config.clipnorm, global_clipnorm=config.global_clipnorm,
-                          use_ema=config.weight_average > 0,
-                          ema_momentum=config.weight_average or 0.99,
-                          # Never copy the average into the weights being
-                          # trained (tf-keras's RMSprop does so every 100
-                          # steps by default).
-                          ema_overwrite_frequency=None)
-    model.compile(optimizer=optimizer, loss=tf.keras.losses.SparseCategoricalCrossentropy(),
-                  steps_per_execution=STEPS_PER_EXECUTION if config.num_workers > 1 else 1)
-
-
-def swap_average(model: tf.keras.Model) -> None:
-    """Exchange the model's weights with the optimizer's moving average of
-    them (--weight-average), if it keeps one. Swapping twice is a no-op.
-    Checkpoints are written swapped: their model weights are the average
-    (what scoring, generation and --init-from read), their optimizer's
-    average slots the weights as trained, which a resume swaps back. The
-    average lives in tf-keras's private optimizer fields (pinned 2.21)."""
-    optimizer = model.optimizer
-    if not getattr(optimizer, "use_ema", False):
-        return
     with model.distribute_strategy.scope():
-        optimizer.build(model.trainable_variables)
-        for var in model.trainable_variables:
-            average = optimizer._model_variables_moving_average[
-                optimizer._index_dict[optimizer._var_key(var)]]
-            value = var.read_value()
-            var.assign(average.read_value())
-            average.assign(value)
+        optimizer = {"rmsprop": tf.keras.optimizers.RMSprop, "adam": tf.keras.optimizers.Adam}[
+            config.optimizer](learning_rate=learning_rate(config, total_steps),
+                              clipnorm=config.clipnorm, global_clipnorm=config.global_clipnorm)
+    model.compile(optimizer=optimizer, loss=tf.keras.losses.SparseCategoricalCrossentropy(),
+                  steps_per_execution=devices.steps_per_execution(config.use_gpu,
+                                                                  config.num_workers))
+    model.weight_average = (WeightAverage(model, config.weight_average)
+                            if config.weight_average else None)
 
 
-@contextlib.contextmanager
-def averaged(model: tf.keras.Model) -> Iterator[None]:
-    """The averaged weights in the model for the block (see swap_average)."""
-    swap_average(model)
-    try:
-        yield
-    finally:
-        swap_average(model)
-
-
-
-
-# Held-out scoring batch: at 1,024 the scoring pass alone added 60 MB to a
-# training worker's peak.
+# Held-out scoring batch: larger ones add to a training worker's peak memory.
 SCORE_BATCH = 256
 
 
@@ -205,8 +251,3 @@ def held_out_scorer(model: tf.keras.Model,
         return total / max(len(windows), 1)
 
     return score
-
-
-def mean_log_loss(model: tf.keras.Model, windows: np.ndarray,
-                  batch_size: int = SCORE_BATCH) -> float:
-    return held_out_scorer(model, batch_size)(windows)

@@ -1,19 +1,44 @@
-"""A training worker's tf.data input over its Ray Data stream of windows."""
+"""What a training worker takes in: the driver's WorkerInputs, and its tf.data
+input over its Ray Data stream of windows. Imports no TensorFlow until used:
+the driver builds WorkerInputs."""
 
 from __future__ import annotations
 
-import numpy as np
-import tensorflow as tf
+from dataclasses import dataclass
 
+import numpy as np
+
+from charlm.config import TrainConfig
 from charlm.data.stream import Plan
 from charlm.data.windows import split_xy
+from charlm.training.finetune import InitFrom
 
 
-def without_autotune(data: tf.data.Dataset) -> tf.data.Dataset:
+@dataclass(frozen=True)
+class WorkerInputs:
+    """Everything the driver gives each worker, once, the same for all."""
+
+    config: TrainConfig
+    vocab: str
+    run_dir: str
+    meta: dict  # every checkpoint's charlm.json but its epoch and metrics
+    parts: list  # the training text: ObjectRefs of encoded parts (charlm.data.stream)
+    part_lengths: list[int]
+    heldout: object  # ObjectRef of the held-out windows rank 0 scores every epoch
+    seed_ids: list[int]  # --sample-every's seed: the corpus's first maxlen ids
+    init_from: InitFrom | None  # --init-from, mapped onto this corpus's vocabulary
+    mailbox: object  # the actor through which the driver prints rank 0's lines
+    threads: int  # TensorFlow's CPU threads per worker
+    job_started: float  # when the job's process started (elapsed_s counts from it)
+
+
+def without_autotune(data):
     """A training input with tf.data's autotuning off. Its optimisation thread
     sleeps between rounds, twice as long each time, and an iterator's
     destructor waits for it to wake: an epoch that ends its iterator stalls,
     every thread asleep, by up to its own length. Buffers are fixed instead."""
+    import tensorflow as tf
+
     options = tf.data.Options()
     options.autotune.enabled = False
     return data.with_options(options)
@@ -25,6 +50,8 @@ def tf_input(stream, plan: Plan, objective: str):
     prefetched, autotuning off. Batches are per worker already: datasets from
     a function are not rebatched by the strategy (a plain dataset would be
     split W ways)."""
+    import tensorflow as tf
+
     spec = tf.TensorSpec(shape=(plan.per_worker, plan.maxlen + 1), dtype=tf.int32)
 
     def batches():

@@ -12,7 +12,9 @@ from charlm import storage
 
 HISTORY = "history.parquet"
 TENSORBOARD = "tensorboard"  # event files: <run_dir>/tensorboard
-COLUMNS = ("epoch", "loss", "val_loss", "val_bpc", "learning_rate", "windows_per_s", "elapsed_s")
+# `step`: optimizer steps done by the epoch's end, over the whole run.
+COLUMNS = ("epoch", "step", "loss", "val_loss", "val_bpc", "learning_rate", "windows_per_s",
+           "elapsed_s")
 SCALARS = ("loss", "val_loss", "val_bpc", "learning_rate", "windows_per_s")
 
 

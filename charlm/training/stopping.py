@@ -10,9 +10,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from charlm.errors import CharlmError
-from charlm.model import checkpoint
-
 PATIENCE = "patience"
 NON_FINITE = "non-finite"
 
@@ -64,9 +61,7 @@ def agree(decision: Decision | None) -> Decision:
     return Decision(reason, message)
 
 
-def diverged(message: str, run_dir: str) -> str:
-    """The driver's one line for a run stopped by a non-finite loss."""
-    try:
-        return f"{message} (best checkpoint so far: {checkpoint.best_in_run(run_dir)})"
-    except CharlmError:
-        return f"{message} (no checkpoint kept)"
+def diverged(message: str, best: str | None) -> str:
+    """The driver's one line for a run stopped by a non-finite loss, naming
+    its best checkpoint so far, if any."""
+    return f"{message} ({f'best checkpoint so far: {best}' if best else 'no checkpoint kept'})"
