@@ -63,7 +63,8 @@ def train_quick(corpus_spec: str, steps: int, directory: str) -> str:
     os.makedirs(path)
     checkpoint.save(path, model, {
         "format": 1, "run": "bench-lstm", "vocab": corpus.vocab, "config": config.to_dict(),
-        "epoch": 0, "corpus": corpus.info(), "metrics": {"loss": loss, "val_loss": loss}})
+        "corpus": {**corpus.info(), "seed_text": corpus.text[:config.maxlen], "heldout_seeds": []},
+        "epoch": 0, "metrics": {"loss": loss, "val_loss": loss}})
     return os.path.dirname(path)
 
 
@@ -226,14 +227,15 @@ WINDOW_CEILING = 36_000
 
 
 def measure(args: argparse.Namespace, work: str) -> dict:
-    from charlm.generation.job import batch_size_for, load_checkpoint, load_weights, run_corpus
+    from charlm.generation.job import batch_size_for
+    from charlm.generation.weights import load_weights
 
     corpus = args.corpus if os.path.exists(args.corpus) else "python-docs"
     run = args.checkpoint or train_quick(corpus, args.train_steps, work)
     uri = checkpoint.locate(run)
-    model, meta = load_checkpoint(uri)
+    model, meta = checkpoint.load_model(checkpoint.fetch(uri))
     weights = load_weights(uri)[0]
-    sentence = run_corpus(meta).text[:meta["config"]["maxlen"]]
+    sentence = meta["corpus"]["seed_text"]
     units, maxlen = meta["config"]["units"], meta["config"]["maxlen"]
 
     results = {"checkpoint": uri, "cpus": os.cpu_count(), "threads": args.cpus,

@@ -8,7 +8,7 @@ import argparse
 
 from charlm.cli import job_main, options_from
 from charlm.generation.export import ExportOptions, export
-from charlm.generation.job import CONTEXT_MODES
+from charlm.generation.options import CONTEXT_MODES
 
 D = ExportOptions  # the defaults live there
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 
 from charlm.cli import job_main, options_from
-from charlm.generation.job import CONTEXT_MODES, GenerateOptions, generate
+from charlm.generation.job import GenerateOptions, generate
+from charlm.generation.options import CONTEXT_MODES, UNKNOWN_CHARS
 
 D = GenerateOptions  # the defaults live there, for callers that skip the flags
 
@@ -22,18 +23,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="a seed text (repeatable)")
     a("--seeds-file", help="UTF-8 file, one seed per line (blank lines skipped)")
     a("--num-seeds", type=int, default=D.num_seeds, metavar="N",
-      help="N seeds of maxlen characters spread over the run's held-out text")
+      help="N of the held-out seeds the run recorded (maxlen characters each, spread "
+           "over its held-out text)")
     a("--recipe-seed", action=argparse.BooleanOptionalAction, default=None,
       help="row 0 is the seed recipe's own seed, the corpus's first maxlen characters "
            "(default: on unless only --seed/--seeds-file are given)")
-    a("--unknown-chars", choices=["error", "skip"], default=D.unknown_chars,
+    a("--unknown-chars", choices=UNKNOWN_CHARS, default=D.unknown_chars,
       help="seed characters outside the vocabulary: fail (default) or drop them")
     a("--temperatures", default=D.temperatures,
       help="comma-separated; 0 is greedy (default: the seed's %(default)s)")
     a("--samples-per-seed", type=int, default=D.samples_per_seed,
       help="samples per seed and temperature (default %(default)s)")
     a("--length", type=int, default=D.length,
-      help="characters generated per sample (default %(default)s)")
+      help="characters generated per sample; bytes for a --vocab bytes checkpoint "
+           "(default %(default)s)")
     a("--context-mode", choices=CONTEXT_MODES, default=D.context_mode,
       help="window: the seed's last-maxlen-characters window re-run every step; "
            "stateful: the LSTM state carried forward (much faster)")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from charlm.cli import job_main, options_from
-from charlm.generation.job import CONTEXT_MODES
+from charlm.generation.options import CONTEXT_MODES, UNKNOWN_CHARS
 from charlm.generation.sampler import SampleOptions, sample
 
 D = SampleOptions  # the defaults live there
@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--temperature", type=float, default=D.temperature,
       help="0 is greedy (default %(default)s)")
     a("--length", type=int, default=D.length,
-      help="characters to generate (default %(default)s)")
+      help="characters to generate; bytes for a --vocab bytes checkpoint "
+           "(default %(default)s)")
     a("--context-mode", choices=CONTEXT_MODES, default=D.context_mode,
       help="as in jobs.generate (default %(default)s)")
     a("--top-k", type=int, default=D.top_k, help="as in jobs.generate (0: all)")
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
            "derives the request's own RNG seed (default %(default)s)")
     a("--sample-index", type=int, default=D.sample_index,
       help="which of jobs.generate's --samples-per-seed this is (default %(default)s)")
-    a("--unknown-chars", choices=["error", "skip"], default=D.unknown_chars,
+    a("--unknown-chars", choices=UNKNOWN_CHARS, default=D.unknown_chars,
       help="prime characters outside the vocabulary: fail (default) or drop them")
     a("--verbose", action="store_true", help="show TensorFlow logs")
 

@@ -1,12 +1,16 @@
-"""jobs.generate end to end on a local Ray: a tiny checkpoint, real actors,
-real Parquet read back with pandas."""
+"""jobs.generate, jobs.sample and jobs.export end to end on one local Ray:
+two tiny runs trained by charlm itself (characters, and UTF-8 bytes of
+accented Latin and CJK), real actors, real Parquet read back with pandas,
+SavedModels loaded back."""
 
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -15,56 +19,50 @@ import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
 import pytest
-import ray
 
-from charlm import runtime
-from charlm.config import TrainConfig
-from charlm.data.corpus import load_corpus
-from charlm.data.windows import holdout_start, split_xy, windows
-from charlm.generation.job import GenerateOptions, batch_size_for, collect_seeds
+from charlm.config import make_config
+from charlm.generation.job import batch_size_for
+from charlm.generation.sampler import SampleOptions, sample
 from charlm.model import checkpoint
-from charlm.model.network import build_model, compile_model
+from charlm.training.trainer import train
+from jobs import export
 from jobs import generate as job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLUMNS = ["run_id", "created_at", "checkpoint", "checkpoint_epoch", "corpus", "seed_text",
            "temperature", "sample_index", "rng_seed", "context_mode", "top_k", "top_p", "length",
            "text", "mean_logprob", "seconds", "generated_at"]
+WORDS = ("café crème brûlée naïve señor über straße déjà élan façade "
+         "東京 日本語 漢字 中文 北京 大阪 学生 先生").split()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=4, include_dashboard=False,
-                 runtime_env={"env_vars": runtime.worker_env(False)})
-    yield
-    if started:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def corpus():
-    return load_corpus("python-docs")
+def tiny_run(corpus: str, storage: str, name: str, **extra) -> str:
+    """One short epoch of a small model: its run directory."""
+    train(make_config(None, corpus=corpus, objective="all", maxlen=16, step=16, batch_size=32,
+                      units=32, learning_rate=0.02, clipnorm=1.0, epochs=1,
+                      storage_path=storage, name=name, **extra))
+    return os.path.join(storage, name)
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, corpus):
-    """A run with one checkpoint of a tiny model, trained a few hundred steps."""
-    config = TrainConfig(corpus="python-docs", units=32, maxlen=12, step=12, objective="all",
-                         batch_size=64, epochs=1)
-    model = build_model(config, len(corpus.vocab))
-    compile_model(model, config)
-    x, y = split_xy(windows(corpus.ids[:100_000].astype(np.int32), config.maxlen,
-                            config.step), "all")
-    model.fit(x, y, batch_size=64, steps_per_epoch=150, epochs=1, verbose=0)
-    run = tmp_path_factory.mktemp("runs") / "docs-lstm"
-    directory = run / "checkpoint_epoch_0001"
-    directory.mkdir(parents=True)
-    checkpoint.save(str(directory), model, {
-        "format": 1, "run": "docs-lstm", "vocab": corpus.vocab, "config": config.to_dict(),
-        "epoch": 1, "corpus": corpus.info(), "metrics": {"loss": 2.0, "val_loss": 2.1}})
-    return str(run)
+def runs(ray_local, corpus, tmp_path_factory) -> dict[str, str]:
+    """A run on a few English words (characters) and one on accented Latin and
+    CJK words (--vocab bytes)."""
+    storage = str(tmp_path_factory.mktemp("runs"))
+    rng = random.Random(0)
+    mixed = tmp_path_factory.mktemp("mixed") / "mixed.txt"
+    mixed.write_text(" ".join(rng.choice(WORDS) for _ in range(4000)), encoding="utf-8")
+    return {"chars": tiny_run(corpus, storage, "words", max_steps=8),
+            "bytes": tiny_run(str(mixed), storage, "mixed", vocab="bytes")}
+
+
+@pytest.fixture(scope="module")
+def char_run(runs) -> str:
+    return runs["chars"]
+
+
+def best(run: str) -> str:
+    return checkpoint.best_in_run(run)
 
 
 def run_job(*argv) -> str:
@@ -76,22 +74,28 @@ def run_job(*argv) -> str:
 def leftovers(path) -> list[str]:
     """Anything at the output path, or temporary directories beside it."""
     parent, name = os.path.split(str(path))
-    return [f for f in os.listdir(parent) if f == name or f.startswith(f".{name}.tmp")]
+    return sorted(f for f in os.listdir(parent) if f == name or f.startswith(f".{name}."))
 
 
-REQUEST = ["--num-seeds", 3, "--seed", "the ", "--temperatures", "0,0.5,1.0",
-           "--samples-per-seed", 2, "--length", 24]
+STATEFUL = ["--context-mode", "stateful", "--top-k", 3, "--top-p", 0.8]
 
 
 @pytest.fixture(scope="module")
-def first(run_dir, tmp_path_factory):
+def stateful(char_run, tmp_path_factory):
+    """Stateful, top-k and top-p, on two actors (a batch of 21 requests each),
+    written with --overwrite over an older output."""
     out = tmp_path_factory.mktemp("gen") / "out"
-    path = run_job("--checkpoint", run_dir, *REQUEST, "--batch-size", 64, "--output", out)
+    out.mkdir()
+    (out / "old.parquet").write_text("an older output")
+    path = run_job("--checkpoint", char_run, "--num-seeds", 4, "--seed", "the quick ",
+                   "--seed", "a", "--temperatures", "0,0.5,1.0", "--samples-per-seed", 2,
+                   "--length", 24, *STATEFUL, "--concurrency", 2, "--cpus-per-actor", 1,
+                   "--output", out, "--overwrite")
     return path, pd.read_parquet(path)
 
 
-def test_output_schema_and_every_request_present(first, run_dir, corpus, capsys):
-    path, df = first
+def test_output_schema_and_every_request_on_two_actors(stateful, char_run, capsys):
+    path, df = stateful
     assert list(df.columns) == COLUMNS
     assert str(df["created_at"].dtype) == "datetime64[us, UTC]"
     assert str(df["generated_at"].dtype) == "datetime64[us, UTC]"
@@ -101,102 +105,94 @@ def test_output_schema_and_every_request_present(first, run_dir, corpus, capsys)
     for column in ("temperature", "top_p", "mean_logprob", "seconds"):
         assert df[column].dtype == np.float64
     assert df["run_id"].nunique() == 1
-    assert set(df["checkpoint"]) == {os.path.join(run_dir, "checkpoint_epoch_0001")}
-    assert set(df["corpus"]) == {"python-docs"} and set(df["checkpoint_epoch"]) == {1}
+    uri = best(char_run)
+    meta = checkpoint.read_meta(uri)
+    assert set(df["checkpoint"]) == {uri} and set(df["checkpoint_epoch"]) == {meta["epoch"]}
+    assert set(df["corpus"]) == {meta["corpus"]["name"]}
 
-    recipe = corpus.text[:12]
-    tail = corpus.text[holdout_start(len(corpus.text), 0.1):]
     seeds = df["seed_text"].unique().tolist()
-    assert seeds[:2] == [recipe, "the "] and len(seeds) == 5
-    assert all(len(s) == 12 and s in tail for s in seeds[2:])
-    assert df.iloc[0]["seed_text"] == recipe  # the recipe's experiment is row 0
+    recorded = meta["corpus"]["heldout_seeds"]
+    assert seeds[:3] == [meta["corpus"]["seed_text"], "the quick ", "a"]  # the recipe's: row 0
+    assert len(seeds) == 7 and set(seeds[3:]) <= set(recorded)
     keys = set(zip(df.seed_text, df.temperature, df.sample_index, strict=True))
     assert keys == set(itertools.product(seeds, [0.0, 0.5, 1.0], [0, 1]))
-    assert len(df) == len(keys) == 30
+    assert len(df) == len(keys) == 42 and df["rng_seed"].nunique() == 42
 
     assert (df["text"].str.len() == 24).all() and (df["length"] == 24).all()
-    assert set(df["context_mode"]) == {"window"} and set(df["top_p"]) == {1.0}
+    assert set(df["context_mode"]) == {"stateful"} and set(df["top_k"]) == {3}
+    assert set(df["top_p"]) == {0.8}
     assert (df["mean_logprob"] < 0).all() and (df["seconds"] > 0).all()
     greedy = df[df.temperature == 0].groupby("seed_text")["text"].nunique()
     assert (greedy == 1).all()  # T = 0: every sample of a seed is the argmax path
-    assert df["rng_seed"].nunique() == 30
-
-
-def test_same_texts_whatever_the_batches_and_actors(first, run_dir):
-    """Rerun on two actors, over the first output (--overwrite), with the
-    default batch size: every actor gets a batch (30 requests: 2 of 15), where
-    the first run took all 30 in one batch of up to 64."""
-    path, before = first
-    again = run_job("--checkpoint", run_dir, *REQUEST, "--concurrency", 2,
-                    "--cpus-per-actor", 1, "--output", path, "--overwrite")
-    after = pd.read_parquet(again)
-    assert after.groupby("generated_at").size().tolist() == [15, 15]
-    assert before.groupby("generated_at").size().tolist() == [30]
-    assert after["run_id"].iloc[0] != before["run_id"].iloc[0]
-    assert after["rng_seed"].tolist() == before["rng_seed"].tolist()  # request order kept
-    key = ["seed_text", "temperature", "sample_index"]
-    merged = before.merge(after, on=key, suffixes=("", "_again"))
-    assert len(merged) == 30
-    assert (merged["text"] == merged["text_again"]).all()
-    assert (merged["rng_seed"] == merged["rng_seed_again"]).all()
-    np.testing.assert_allclose(merged["mean_logprob"], merged["mean_logprob_again"], atol=1e-9)
-    assert leftovers(path) == [os.path.basename(path)]
+    assert df.groupby("generated_at").size().tolist() == [21, 21]  # one batch per actor
+    assert os.listdir(path) and "old.parquet" not in os.listdir(path)
+    assert leftovers(path) == ["out"]
 
 
 def test_default_batch_is_up_to_1024_requests_and_one_per_actor_at_least():
     assert batch_size_for(4096, 1) == 1024
     assert batch_size_for(4096, 8) == 512
-    assert batch_size_for(30, 2) == 15 and batch_size_for(1, 4) == 1
+    assert batch_size_for(42, 2) == 21 and batch_size_for(1, 4) == 1
 
 
-def test_stateful_mode_with_top_k_and_top_p(run_dir, tmp_path, capsys):
-    out = tmp_path / "stateful"
-    path = run_job("--checkpoint", run_dir, "--seed", "def f(x):", "--seed", "a",
-                   "--temperatures", "1.0", "--length", 50, "--context-mode", "stateful",
-                   "--top-k", 3, "--top-p", 0.8, "--output", out)
-    df = pd.read_parquet(path)
-    assert df["seed_text"].tolist() == ["def f(x):", "a"]  # explicit seeds only
-    assert set(df["context_mode"]) == {"stateful"} and set(df["top_k"]) == {3}
-    assert set(df["top_p"]) == {0.8}
-    assert (df["text"].str.len() == 50).all()
-    assert f"wrote 2 samples to {out}" in capsys.readouterr().out
-
-    # The exported stateful graph (seeds of different lengths, padded on the left
-    # in the graph) gives the same texts.
-    import tensorflow as tf
-
-    from jobs import export
-
-    model = tmp_path / "model"
-    export.main(["--checkpoint", run_dir, "--output", str(model), "--context-mode", "stateful",
-                 "--top-k", "3", "--top-p", "0.8"])
-    got = tf.saved_model.load(str(model)).signatures["generate"](
-        seed=tf.constant(df["seed_text"].tolist()), temperature=tf.constant(df["temperature"]),
-        length=tf.constant([50, 50]), rng_seed=tf.constant(df["rng_seed"]))
-    assert [t.decode() for t in got["text"].numpy()] == df["text"].tolist()
+def test_quick_sampler_streams_the_jobs_text_without_ray(stateful, char_run):
+    """jobs.sample in a fresh process: the text of the job's row for the same
+    request (seed, temperature, sample index, --rng-seed), and Ray never imported."""
+    _, df = stateful
+    row = df[(df.sample_index == 1) & (df.temperature == 1.0)].iloc[-1]
+    code = ("import sys; from jobs import sample; sample.main(sys.argv[1:]); "
+            "assert 'ray' not in sys.modules, 'imported ray'")
+    argv = ["--checkpoint", char_run, "--prime", row.seed_text, "--temperature", row.temperature,
+            "--length", 24, "--sample-index", 1, *STATEFUL]
+    done = subprocess.run([sys.executable, "-c", code, *map(str, argv)], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": ROOT})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == row.seed_text + row.text + "\n"
+    assert f"rng_seed {row.rng_seed})" in done.stderr
 
 
-def test_refuses_an_existing_output(first, run_dir, capsys):
-    path, before = first
+def test_the_driver_never_imports_tensorflow(char_run):
+    """What the driver does before Ray Data (options, charlm.json, seeds,
+    requests) runs without TensorFlow; the actors load the weights."""
+    code = f"""
+import sys
+from jobs import generate
+from charlm.generation import job, seeds, weights
+from charlm.model import checkpoint
+o = job.GenerateOptions(checkpoint={char_run!r}, output="unused", num_seeds=3)
+meta = weights.checked_meta(checkpoint.locate(o.checkpoint))
+assert len(seeds.requests(seeds.collect_seeds(meta, num_seeds=3), job.checked_temperatures(o),
+                          1, 0)) == 16
+assert "tensorflow" not in sys.modules, "imported tensorflow"
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": ROOT})
+    assert done.returncode == 0, done.stderr
+
+
+def test_refuses_an_existing_output(stateful, char_run, capsys):
+    path, _ = stateful
     mtimes = {f: os.path.getmtime(os.path.join(path, f)) for f in os.listdir(path)}
     with pytest.raises(SystemExit) as exit_:
-        job.main(["--checkpoint", run_dir, "--output", path])
+        job.main(["--checkpoint", char_run, "--output", path])
     assert exit_.value.code == 2
     assert "already exists" in capsys.readouterr().err
     assert {f: os.path.getmtime(os.path.join(path, f)) for f in os.listdir(path)} == mtimes
 
 
-def test_failure_mid_job_leaves_nothing(run_dir, tmp_path):
-    """The checkpoint passes the driver's check (its charlm.json) but the actors
-    cannot load its weights."""
+def test_failure_mid_job_keeps_the_old_output(char_run, tmp_path):
+    """The checkpoint passes the driver's check (its charlm.json) but the actor
+    cannot load its weights: the output it was to replace stays as it was."""
     broken = tmp_path / "broken"
-    shutil.copytree(os.path.join(run_dir, "checkpoint_epoch_0001"), broken)
+    shutil.copytree(best(char_run), broken)
     data = next(broken.glob("state.data-*"))
     data.write_bytes(data.read_bytes()[:100])
     out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.parquet").write_text("the older output")
     with pytest.raises(Exception, match="cannot be loaded"):
-        run_job("--checkpoint", broken, "--length", 10, "--output", out)
-    assert leftovers(out) == []
+        run_job("--checkpoint", broken, "--length", 10, "--output", out, "--overwrite")
+    assert leftovers(out) == ["out"] and os.listdir(out) == ["old.parquet"]
 
 
 def _write(path, text) -> str:
@@ -207,44 +203,47 @@ def _write(path, text) -> str:
 @pytest.mark.parametrize("case, message", [
     ("missing checkpoint", "does not exist"),
     ("unloadable checkpoint", "cannot be loaded"),
+    ("no recorded seeds", "the checkpoint records no held-out seeds; pass seeds with --seed"),
     ("unknown characters", "outside the model's vocabulary: '€' '☃'"),
     ("empty seeds file", "holds no seed"),
     ("length 0", "--length is 0"),
     ("top-p 0", "--top-p is 0.0"),
+    ("top-k below 0", "--top-k is -1"),
     ("temperature not a number", "'warm' is not a number"),
-    ("negative temperature", "-0.5 is not allowed"),
+    ("negative temperature", "temperature -0.5 is not allowed"),
     ("no temperature", "lists no temperature"),
+    ("too many seeds", "--num-seeds 5000 asks for more distinct held-out seeds"),
     ("unwritable output", "cannot be written"),
-    ("corpus changed", "pass seeds with --seeds-file or --seed"),
     ("no GPU", "--use-gpu needs 1 GPU(s)"),
 ])
-def test_bad_input_is_one_line_and_writes_nothing(case, message, run_dir, tmp_path, capsys):
+def test_bad_input_is_one_line_and_writes_nothing(case, message, char_run, tmp_path, capsys):
     garbage = tmp_path / "garbage"
     garbage.mkdir()
     _write(garbage / checkpoint.META, "{not json")
-    changed = tmp_path / "changed"
-    shutil.copytree(os.path.join(run_dir, "checkpoint_epoch_0001"), changed)
-    meta = json.loads((changed / checkpoint.META).read_text())
-    meta["corpus"]["sha256"] = "0" * 64
-    _write(changed / checkpoint.META, json.dumps(meta))
+    unseeded = tmp_path / "unseeded"
+    shutil.copytree(best(char_run), unseeded)
+    meta = json.loads((unseeded / checkpoint.META).read_text())
+    del meta["corpus"]["heldout_seeds"]
+    _write(unseeded / checkpoint.META, json.dumps(meta))
     out = tmp_path / "out"
     a_file = _write(tmp_path / "a_file", "x")
     argv = {
         "missing checkpoint": ["--checkpoint", tmp_path / "nope"],
         "unloadable checkpoint": ["--checkpoint", garbage],
-        "unknown characters": ["--seed", "snow☃man €5"],
+        "no recorded seeds": ["--checkpoint", unseeded, "--num-seeds", 2],
+        "unknown characters": ["--seed", "snow☃man €"],
         "empty seeds file": ["--seeds-file", _write(tmp_path / "seeds.txt", "\n  \n")],
         "length 0": ["--length", 0],
         "top-p 0": ["--top-p", 0],
+        "top-k below 0": ["--top-k", -1],
         "temperature not a number": ["--temperatures", "0.5,warm"],
         "negative temperature": ["--temperatures", "1,-0.5"],
         "no temperature": ["--temperatures", " , "],
+        "too many seeds": ["--num-seeds", 5000],
         "unwritable output": ["--output", os.path.join(a_file, "out")],
-        "corpus changed": ["--checkpoint", changed, "--num-seeds", 2],
         "no GPU": ["--use-gpu"],
     }[case]
-    defaults = {"--checkpoint": run_dir, "--output": out}
-    for flag, value in defaults.items():
+    for flag, value in {"--checkpoint": char_run, "--output": out}.items():
         if flag not in argv:
             argv += [flag, value]
     with pytest.raises(SystemExit) as exit_:
@@ -255,51 +254,148 @@ def test_bad_input_is_one_line_and_writes_nothing(case, message, run_dir, tmp_pa
     assert leftovers(out) == []
 
 
-def test_unknown_characters_can_be_skipped(run_dir):
-    meta = checkpoint.read_meta(os.path.join(run_dir, "checkpoint_epoch_0001"))
-    options = GenerateOptions(checkpoint=run_dir, output="unused", seed=["Snow☃Man"],
-                              unknown_chars="skip")
-    assert collect_seeds(options, meta) == ["snowman"]  # and lower-cased like the corpus
-
-
-def test_seeds_are_distinct_and_in_order(run_dir, corpus):
-    meta = checkpoint.read_meta(os.path.join(run_dir, "checkpoint_epoch_0001"))
-    options = GenerateOptions(checkpoint=run_dir, output="unused", seed=["b", "a", "b"],
-                              num_seeds=200)
-    seeds = collect_seeds(options, meta)
-    assert seeds[:3] == [corpus.text[:12], "b", "a"]
-    assert len(seeds) == len(set(seeds)) > 100
-
-
-def test_quick_sampler_streams_the_jobs_text_without_ray(first, run_dir):
-    """jobs.sample in a fresh process: the same text as the job's row for the same
-    request (seed, temperature, sample index, --rng-seed), and Ray never imported."""
-    path, df = first
-    rows = df[(df.sample_index == 1) & (df.temperature == 1.0)].tail(1)
-    for row in rows.itertuples():
-        code = ("import sys; from jobs import sample; sample.main(sys.argv[1:]); "
-                "assert 'ray' not in sys.modules, 'imported ray'")
-        argv = ["--checkpoint", run_dir, "--prime", row.seed_text,
-                "--temperature", row.temperature, "--length", 24, "--sample-index", 1]
-        done = subprocess.run([sys.executable, "-c", code, *map(str, argv)],
-                              capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "PYTHONPATH": ROOT})
-        assert done.returncode == 0, done.stderr
-        assert done.stdout == row.seed_text + row.text + "\n"
-        assert f"rng_seed {row.rng_seed})" in done.stderr
-
-
-def test_quick_sampler_bad_input_is_one_line(run_dir, capsys):
-    from jobs import sample
+def test_quick_sampler_bad_input_is_one_line(char_run, capsys):
+    from jobs import sample as sample_job
 
     for argv, message in ((["--prime", "snow☃"], "outside the model's vocabulary"),
                           (["--prime", "the", "--top-p", "1.5"], "--top-p is 1.5"),
-                          (["--prime", "the", "--temperature", "-1"], "--temperature is -1.0")):
+                          (["--prime", "the", "--temperature", "-1"],
+                           "temperature -1.0 is not allowed")):
         with pytest.raises(SystemExit) as exit_:
-            sample.main(["--checkpoint", run_dir, *argv])
+            sample_job.main(["--checkpoint", char_run, *argv])
         assert exit_.value.code == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err and message in err, err
+
+
+def test_export_to_s3_gives_the_jobs_texts_in_one_batch(stateful, char_run, tmp_path,
+                                                        monkeypatch, capsys):
+    """An s3:// output through a real S3-compatible server: the whole SavedModel
+    arrives, nothing is left beside it, and all 42 requests in one call of its
+    stateful graph (seeds of different lengths, padded in the graph) give the
+    texts the two actors gave in their own batches."""
+    boto3 = pytest.importorskip("boto3")
+    import tensorflow as tf
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test",
+                           "AWS_SECRET_ACCESS_KEY": "test",
+                           "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(key, value)
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="models")
+        export.main(["--checkpoint", char_run, "--output", "s3://models/charlm/v1",
+                     *map(str, STATEFUL)])
+        assert "to s3://models/charlm/v1" in capsys.readouterr().out
+        fs, _ = pafs.FileSystem.from_uri("s3://models/charlm")
+        names = {i.path for i in fs.get_file_info(pafs.FileSelector("models", recursive=True))}
+        assert "models/charlm/v1/saved_model.pb" in names
+        assert "models/charlm/v1/assets.extra/charlm.json" in names
+        assert not [n for n in names if ".tmp-" in n]
+        local = tmp_path / "v1"
+        pafs.copy_files("models/charlm/v1", str(local), source_filesystem=fs,
+                        destination_filesystem=pafs.LocalFileSystem())
+    finally:
+        server.stop()
+    df = stateful[1]
+    got = tf.saved_model.load(str(local)).signatures["generate"](
+        seed=tf.constant(df["seed_text"].tolist()), temperature=tf.constant(df["temperature"]),
+        length=tf.fill([len(df)], 24), rng_seed=tf.constant(df["rng_seed"]))
+    assert [t.decode() for t in got["text"].numpy()] == df["text"].tolist()
+    np.testing.assert_allclose(got["mean_logprob"].numpy(), df["mean_logprob"], atol=1e-9)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--top-p", "0"], "--top-p is 0.0"),
+    (["--top-k", "-1"], "--top-k is -1"),
+    (["--checkpoint", "/nonexistent/run"], "does not exist"),
+])
+def test_export_bad_input_is_one_line_and_writes_nothing(argv, message, char_run, tmp_path,
+                                                         capsys):
+    out = tmp_path / "model"
+    with pytest.raises(SystemExit) as exit_:
+        export.main(["--checkpoint", char_run, "--output", str(out), *argv])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err, err
+    assert leftovers(out) == []
+
+
+def test_export_refuses_an_existing_output(char_run, tmp_path, capsys):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "keep").write_text("x")
+    with pytest.raises(SystemExit) as exit_:
+        export.main(["--checkpoint", char_run, "--output", str(out)])
+    assert exit_.value.code == 2 and "already exists" in capsys.readouterr().err
+    assert os.listdir(out) == ["keep"]
+
+
+# -- a byte-level run: UTF-8 in every job ---------------------------------------
+
+@pytest.fixture(scope="module")
+def byte_job(runs, tmp_path_factory):
+    """The job's defaults (window context) on accented Latin and CJK seeds, one
+    given in capitals, and two held-out seeds the run recorded."""
+    out = tmp_path_factory.mktemp("gen") / "bytes"
+    path = run_job("--checkpoint", runs["bytes"], "--seed", "ÉLAN café ", "--seed", "東京 日本語 ",
+                   "--num-seeds", 2, "--temperatures", "0,0.8", "--length", 60, "--output", out)
+    return pd.read_parquet(path)
+
+
+def multi_byte(text: str) -> bool:
+    return any(ord(c) > 0x7F and c != "\ufffd" for c in text)
+
+
+def test_byte_level_texts_are_utf8(byte_job, runs):
+    df = byte_job
+    meta = checkpoint.read_meta(best(runs["bytes"]))
+    assert df["seed_text"].unique().tolist()[:3] == [
+        meta["corpus"]["seed_text"], "élan café ", "東京 日本語 "]  # normalised as the corpus
+    assert multi_byte(meta["corpus"]["seed_text"])
+    for text in df["text"]:
+        assert text.encode("utf-8").decode("utf-8") == text  # no lone surrogate, no mojibake
+        assert len(text.encode("utf-8")) <= 60 + 2 * text.count("\ufffd")
+    assert not df["text"].str.contains("Ã").any()  # "é" read as two Latin-1 characters
+    assert df["text"].map(multi_byte).all()
+    assert (df["length"] == df["text"].str.len()).all()  # characters, not bytes
+    assert (df["length"] < 60).any()
+
+
+def test_byte_level_sampler_and_export_give_the_jobs_texts(byte_job, runs, tmp_path, capsys):
+    """The same requests through the exported graph without charlm (one batch,
+    mixed lengths) and the quick sampler (one at a time) give the job's texts;
+    a length that ends inside a character ends both at the last whole one."""
+    df = byte_job
+    rows = df.copy()
+    assert rows.at[3, "seed_text"] == "élan café " and rows.at[3, "temperature"] == 0.8
+    rows.at[3, "seed_text"] = "ÉLAN CAFÉ "  # normalised in the graph and by the sampler
+    lengths = [60] * len(rows)
+    # A request cut one byte into a multi-byte character, in both.
+    i, p = next((i, p) for i, text in enumerate(df["text"]) for p, c in enumerate(text)
+                if len(c.encode()) > 1 and "\ufffd" not in text[:p + 1])
+    cut_length = len(df["text"].iloc[i][:p].encode()) + 1
+    rows = pd.concat([rows, rows.iloc[[i]]])
+    lengths.append(cut_length)
+    want = df["text"].tolist() + [df["text"].iloc[i][:p]]
+
+    out = tmp_path / "model"
+    export.main(["--checkpoint", runs["bytes"], "--output", str(out)])
+    assert f"to {out}" in capsys.readouterr().out and leftovers(out) == ["model"]
+    got = load_exported(out, rows, lengths, tmp_path)
+    assert got["text"] == want
+    np.testing.assert_allclose(got["mean_logprob"][:len(df)], df["mean_logprob"], atol=1e-9)
+
+    for k, length in ((3, 60), (len(rows) - 1, cut_length)):
+        row = rows.iloc[k]
+        streamed = sample(SampleOptions(
+            checkpoint=runs["bytes"], prime=row.seed_text, temperature=row.temperature,
+            length=length, sample_index=int(row.sample_index)), out=io.StringIO())
+        assert streamed == want[k]
 
 
 LOAD_WITHOUT_CHARLM = """
@@ -331,88 +427,3 @@ def load_exported(path, rows: pd.DataFrame, lengths: list[int], cwd) -> dict:
                           timeout=300, cwd=cwd, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
-
-
-def test_exported_model_gives_the_jobs_text_without_charlm(first, run_dir, tmp_path, capsys):
-    """jobs.export → SavedModel; loaded in a process that cannot import charlm, its
-    generate signature returns the job's text for each request (rng_seed from the
-    Parquet output), in one batch with mixed lengths (a shorter one is a prefix)."""
-    from jobs import export
-
-    path, df = first
-    out = tmp_path / "model"
-    export.main(["--checkpoint", run_dir, "--output", str(out)])
-    assert f"to {out}" in capsys.readouterr().out
-    assert (out / "saved_model.pb").is_file() and leftovers(out) == ["model"]
-    # Seeds are normalised in the graph as jobs.generate normalises them.
-    rows = pd.concat([df, df.head(1).assign(seed_text=df["seed_text"][0].upper())])
-    lengths = [24 if i % 3 else 10 for i in range(len(rows))]
-    got = load_exported(out, rows, lengths, tmp_path)
-    assert got["text"] == [t[:n] for t, n in zip(rows["text"], lengths, strict=True)]
-    full = np.array(lengths) == 24
-    np.testing.assert_allclose(np.array(got["mean_logprob"])[full], rows["mean_logprob"][full],
-                               atol=1e-9)
-
-
-def test_export_to_s3(first, run_dir, tmp_path, monkeypatch):
-    """An s3:// output through a real S3-compatible server: the whole SavedModel
-    arrives, nothing is left beside it, and it loads and generates the job's text."""
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
-
-    from jobs import export
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test",
-                           "AWS_SECRET_ACCESS_KEY": "test",
-                           "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            monkeypatch.setenv(key, value)
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="models")
-        export.main(["--checkpoint", run_dir, "--output", "s3://models/charlm/v1"])
-        fs, _ = pafs.FileSystem.from_uri("s3://models/charlm")
-        names = {i.path for i in fs.get_file_info(pafs.FileSelector("models", recursive=True))}
-        assert "models/charlm/v1/saved_model.pb" in names
-        assert "models/charlm/v1/assets.extra/charlm.json" in names
-        assert not [n for n in names if ".tmp-" in n]
-        local = tmp_path / "v1"
-        pafs.copy_files("models/charlm/v1", str(local), source_filesystem=fs,
-                        destination_filesystem=pafs.LocalFileSystem())
-    finally:
-        server.stop()
-    path, df = first
-    rows = df.head(3)
-    assert load_exported(local, rows, [24] * 3, tmp_path)["text"] == rows["text"].tolist()
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--top-p", "0"], "--top-p is 0.0"),
-    (["--top-k", "-1"], "--top-k is -1"),
-    (["--checkpoint", "/nonexistent/run"], "does not exist"),
-])
-def test_export_bad_input_is_one_line_and_writes_nothing(argv, message, run_dir, tmp_path,
-                                                         capsys):
-    from jobs import export
-
-    out = tmp_path / "model"
-    with pytest.raises(SystemExit) as exit_:
-        export.main(["--checkpoint", run_dir, "--output", str(out), *argv])
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and message in err, err
-    assert leftovers(out) == []
-
-
-def test_export_refuses_an_existing_output(run_dir, tmp_path, capsys):
-    from jobs import export
-
-    out = tmp_path / "model"
-    out.mkdir()
-    (out / "keep").write_text("x")
-    with pytest.raises(SystemExit) as exit_:
-        export.main(["--checkpoint", run_dir, "--output", str(out)])
-    assert exit_.value.code == 2 and "already exists" in capsys.readouterr().err
-    assert os.listdir(out) == ["keep"]

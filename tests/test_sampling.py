@@ -1,4 +1,4 @@
-"""charlm.sampling: the seed's draw and context semantics, compiled, per row."""
+"""charlm.model.generator: the seed's draw and context semantics, compiled, per row."""
 
 from __future__ import annotations
 
@@ -116,7 +116,8 @@ def test_weights_read_from_the_checkpoint_are_the_models(model, tmp_path):
     two = tiny_model(layers=2, dropout=0.2)
     two.compile(optimizer="rmsprop", loss="sparse_categorical_crossentropy")
     checkpoint.save(str(tmp_path), two, {})
-    got = weights_from_checkpoint(str(tmp_path / checkpoint.STATE), layers=2)
+    got = weights_from_checkpoint(str(tmp_path / checkpoint.STATE),
+                                  TrainConfig(units=32, layers=2, maxlen=MAXLEN), V)
     want = weights_from_model(two)
     for a, b in zip(tf.nest.flatten((got.lstm, got.dense)),
                     tf.nest.flatten((want.lstm, want.dense)), strict=True):
@@ -138,11 +139,12 @@ def test_streaming_gives_the_batch_text(model, mode):
 
 
 def seed_loop(model: tf.keras.Model, seed: list[int], length: int) -> tuple[list[int], float]:
-    """The seed recipe's generation loop, greedy: one `predict` per character on
-    the last maxlen characters, re-encoded from scratch every step."""
+    """The seed recipe's generation loop, greedy: one pass of the Keras model per
+    character (the recipe's `predict`, without its per-call set-up) on the last
+    maxlen characters, re-encoded from scratch every step."""
     text, logps = list(seed), []
     for _ in range(length):
-        preds = model.predict(np.array([text[-MAXLEN:]]), verbose=0)[0]
+        preds = model(np.array([text[-MAXLEN:]]), training=False).numpy()[0]
         nxt = int(np.argmax(preds))
         logps.append(np.log(preds[nxt]))
         text.append(nxt)

@@ -4,9 +4,10 @@
 Its `generate` signature (also `serving_default`) takes a batch of requests,
 seed string, temperature, length and the request's RNG seed (the `rng_seed`
 column of a jobs.generate output), and returns each request's text and mean
-log-probability. Everything is in the graph: the seed's normalisation, the
-vocabulary and its string <-> id mapping (a StaticHashTable), and the same
-start/run functions as jobs.generate, so a request's text equals its row.
+log-probability. Everything is in the graph: the seed's normalisation, its
+split into the vocabulary's ids (characters, or UTF-8 bytes) by a
+StaticHashTable, the same start/run functions as jobs.generate, and the same
+decoding of ids into text, so a request's text equals its row.
 """
 
 from __future__ import annotations
@@ -15,12 +16,22 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyarrow.fs as pafs
 
 from charlm import runtime, storage
+from charlm.data.corpus import BYTES_VOCAB
 from charlm.errors import CharlmError, first_line
+from charlm.generation.options import check_sampling
+from charlm.generation.weights import load_weights
 from charlm.model import checkpoint
+from charlm.staging import staged_output
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+    from charlm.model.generator import Weights
 
 
 @dataclass
@@ -36,24 +47,75 @@ class ExportOptions:
     verbose: bool = False
 
 
-def build_module(weights, meta: dict, context_mode: str, top_k: int, top_p: float):
-    """The tf.Module to save (built here so that tests can call it in-process too)."""
+ONE_BYTE = [bytes((i,)) for i in range(256)]  # byte id -> its one-byte string
+
+
+def graph_texts(ids: tf.RaggedTensor, vocab: str) -> tf.Tensor:
+    """Ragged ids [rows, (length)] -> one string per row, in the graph, as
+    charlm.data.corpus.decode gives it: characters joined; byte ids as UTF-8,
+    an invalid sequence as U+FFFD and a character cut off at the end dropped."""
+    import tensorflow as tf
+
+    if vocab != BYTES_VOCAB:
+        return tf.strings.reduce_join(tf.gather(tf.constant(list(vocab)), ids), axis=1)
+    raw = tf.strings.reduce_join(tf.gather(tf.constant(ONE_BYTE), ids), axis=1)
+    whole = _whole_bytes(ids)
+    return tf.strings.unicode_transcode(
+        tf.strings.substr(raw, tf.zeros_like(whole), whole, unit="BYTE"), "UTF-8", "UTF-8",
+        errors="replace", replacement_char=0xFFFD)
+
+
+def _whole_bytes(ids: tf.RaggedTensor) -> tf.Tensor:
+    """Each row's length without its partial tail: the rule of
+    charlm.data.corpus.partial_tail, on the last three bytes of every row at once."""
+    import tensorflow as tf
+
+    n = tf.cast(ids.row_lengths(), tf.int32)
+    flat = tf.concat([ids.flat_values, [-1]], axis=0)  # -1: before a row's first byte
+    ends = tf.cast(ids.row_limits(), tf.int32)
+
+    def last(k):  # each row's k-th byte from the end, or -1
+        return tf.gather(flat, tf.where(n >= k, ends - k, tf.size(flat) - 1))
+
+    def between(b, lo, hi):
+        return (b >= lo) & (b <= hi)
+
+    def needs(b):  # bytes in the character that lead byte b starts (0: not a lead)
+        return tf.where(between(b, 0xC2, 0xDF), 2, tf.where(
+            between(b, 0xE0, 0xEF), 3, tf.where(between(b, 0xF0, 0xF4), 4, 0)))
+
+    def second(lead, b):  # b may follow lead
+        lo = tf.where(lead == 0xE0, 0xA0, tf.where(lead == 0xF0, 0x90, 0x80))
+        hi = tf.where(lead == 0xED, 0x9F, tf.where(lead == 0xF4, 0x8F, 0xBF))
+        return between(b, lo, hi)
+
+    b1, b2, b3 = last(1), last(2), last(3)
+    cut = tf.where(needs(b1) >= 2, 1, tf.where(
+        (needs(b2) >= 3) & second(b2, b1), 2, tf.where(
+            (needs(b3) == 4) & second(b3, b2) & between(b1, 0x80, 0xBF), 3, 0)))
+    return n - cut
+
+
+def build_module(weights: Weights, meta: dict, context_mode: str, top_k: int,
+                 top_p: float) -> tf.Module:
+    """The tf.Module to save."""
     import tensorflow as tf
 
     from charlm.config import TrainConfig
     from charlm.model.generator import PAD, Generator
 
     config = TrainConfig.from_dict(meta["config"])
-    vocab = list(meta["vocab"])
+    vocab = meta["vocab"]
+    byte_level = vocab == BYTES_VOCAB
+    keys = ONE_BYTE if byte_level else list(vocab)
     maxlen = config.maxlen
 
     class CharLM(tf.Module):
         def __init__(self):
             super().__init__(name="charlm")
             self.generator = Generator(weights, maxlen, context_mode, top_k, top_p)
-            self.vocab = tf.constant(vocab)
             self.table = tf.lookup.StaticHashTable(
-                tf.lookup.KeyValueTensorInitializer(self.vocab, tf.range(len(vocab))),
+                tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.range(len(keys))),
                 default_value=-1)
 
         @tf.function(input_signature=[
@@ -68,11 +130,12 @@ def build_module(weights, meta: dict, context_mode: str, top_k: int, top_p: floa
                 seed = tf.strings.lower(seed, encoding="utf-8")
             if not config.keep_newlines:
                 seed = tf.strings.regex_replace(seed, "\n", " ")
-            ids = self.table.lookup(tf.strings.unicode_split(seed, "UTF-8"))
-            checks = [
-                tf.debugging.assert_non_negative(
-                    ids.flat_values, message="a seed has characters outside the model's "
-                    f"vocabulary; use only these: {''.join(vocab)!r}"),
+            ids = self.table.lookup(tf.strings.bytes_split(seed) if byte_level else
+                                    tf.strings.unicode_split(seed, "UTF-8"))
+            checks = [] if byte_level else [tf.debugging.assert_non_negative(
+                ids.flat_values, message="a seed has characters outside the model's "
+                f"vocabulary; use only these: {vocab!r}")]
+            checks += [
                 tf.debugging.assert_positive(length, message="length must be at least 1"),
                 tf.debugging.assert_non_negative(
                     temperature, message="temperature must be 0 (greedy) or positive"),
@@ -86,9 +149,8 @@ def build_module(weights, meta: dict, context_mode: str, top_k: int, top_p: floa
             out, logp, _ = self.generator.run(carry, temperature, u)
             # A shorter request is the prefix of the longest: its own uniforms and
             # characters come first.
-            chars = tf.RaggedTensor.from_tensor(tf.gather(self.vocab, out), lengths=length)
             logp = tf.RaggedTensor.from_tensor(logp, lengths=length)
-            return {"text": tf.strings.reduce_join(chars, axis=1),
+            return {"text": graph_texts(tf.RaggedTensor.from_tensor(out, lengths=length), vocab),
                     "mean_logprob": tf.reduce_mean(logp, axis=1),
                     "rng_seed": rng_seed}
 
@@ -107,26 +169,12 @@ def build_module(weights, meta: dict, context_mode: str, top_k: int, top_p: floa
     return CharLM()
 
 
-def check_options(o: ExportOptions) -> None:
-    from charlm.generation.job import CONTEXT_MODES, check_top_p
-
-    if o.context_mode not in CONTEXT_MODES:
-        raise CharlmError(f"--context-mode {o.context_mode!r} is unknown; "
-                          f"use one of {', '.join(CONTEXT_MODES)}")
-    if o.top_k < 0:
-        raise CharlmError(f"--top-k is {o.top_k}; it must be at least 0")
-    check_top_p(o.top_p)
-
-
 def export(o: ExportOptions) -> str:
     """Write the SavedModel to o.output (local, s3:// or gs://); returns its URI.
     Saved locally first, then copied into a temporary location beside the
     output and moved into place only when complete."""
-    from charlm.generation.job import load_weights
-    from charlm.staging import staged_output
-
     runtime.quiet(o.verbose)
-    check_options(o)
+    check_sampling(o.context_mode, o.top_k, o.top_p)
     uri = checkpoint.locate(o.checkpoint)
     weights, meta = load_weights(uri)
     output = storage.normalize(o.output)

@@ -2,9 +2,9 @@
 character by character, without Ray.
 
 A request here is a jobs.generate request: the same seed normalisation, the
-same per-request RNG seed (generation.rng_seed of --rng-seed, seed text,
-temperature and sample index) and the same compiled graph, so the text equals
-that request's row in a jobs.generate output.
+same per-request RNG seed (charlm.generation.seeds.rng_seed of --rng-seed,
+seed text, temperature and sample index), the same compiled graph and the same
+decoding, so the text equals that request's row in a jobs.generate output.
 """
 
 from __future__ import annotations
@@ -53,42 +53,32 @@ def prepare(o: SampleOptions) -> Request:
     import numpy as np
 
     from charlm.config import TrainConfig
-    from charlm.data.corpus import encode, normalise
-    from charlm.generation.job import (
-        CONTEXT_MODES,
-        _check_chars,
-        check_top_p,
-        load_weights,
-        rng_seed,
-    )
+    from charlm.data.corpus import decode_stream, encode, normalise
+    from charlm.generation.options import check_sampling
+    from charlm.generation.seeds import known_chars, rng_seed
+    from charlm.generation.weights import checked_meta, load_weights
 
-    for flag, value, least in (("--length", o.length, 1), ("--top-k", o.top_k, 0),
-                               ("--sample-index", o.sample_index, 0)):
-        if value < least:
-            raise CharlmError(f"{flag} is {value}; it must be at least {least}")
-    check_top_p(o.top_p)
-    if o.context_mode not in CONTEXT_MODES:
-        raise CharlmError(f"--context-mode {o.context_mode!r} is unknown; "
-                          f"use one of {', '.join(CONTEXT_MODES)}")
     temperature = float(o.temperature)
-    if not np.isfinite(temperature) or temperature < 0:
-        raise CharlmError(f"--temperature is {o.temperature}; use 0 (greedy) or a positive "
-                          "number")
+    check_sampling(o.context_mode, o.top_k, o.top_p, temperatures=[temperature],
+                   length=o.length, unknown_chars=o.unknown_chars)
+    if o.sample_index < 0:
+        raise CharlmError(f"--sample-index is {o.sample_index}; it must be at least 0")
     uri = checkpoint.locate(o.checkpoint)
-    weights, meta = load_weights(uri)
+    meta = checked_meta(uri)  # the prime is checked before TensorFlow is imported
     config = TrainConfig.from_dict(meta["config"])
     prime = normalise(o.prime, config.keep_case, config.keep_newlines)
     if not prime:
         raise CharlmError("--prime is empty; give a few characters of text to start from")
-    prime = _check_chars([prime], meta["vocab"], o.unknown_chars)[0]
+    prime = known_chars([prime], meta["vocab"], o.unknown_chars)[0]
     seed = rng_seed(o.rng_seed, prime, temperature, o.sample_index)
+    weights, meta = load_weights(uri)
 
     from charlm.model.generator import Generator
 
     generator = Generator(weights, config.maxlen, o.context_mode, o.top_k, o.top_p)
     ids = generator.stream(np.asarray(encode(prime, meta["vocab"]), np.int32), temperature,
                            seed, o.length)
-    return Request(prime, seed, (meta["vocab"][i] for i, _ in ids))
+    return Request(prime, seed, decode_stream((i for i, _ in ids), meta["vocab"]))
 
 
 def sample(o: SampleOptions, out: TextIO | None = None) -> str:
@@ -109,8 +99,9 @@ def sample(o: SampleOptions, out: TextIO | None = None) -> str:
     out.write("\n")
     out.flush()
     done = time.time()
+    first = first or done  # a byte-level sample can decode to no character at all
     launched = psutil.Process().create_time()
-    rate = (len(text) - 1) / max(done - first, 1e-9)
+    rate = max(len(text) - 1, 0) / max(done - first, 1e-9)
     print(f"{len(text)} characters (rng_seed {request.rng_seed}); the first "
           f"{first - launched:.1f} s after launch, then {rate:,.0f}/s",
           file=sys.stderr, flush=True)
