@@ -15,6 +15,9 @@ MAY_IMPORT = {
     "model": {"floor", "data"},
     "training": {"floor", "data", "model"},
     "generation": {"floor", "data", "model"},
+    "evaluation": {"floor", "data", "model"},
+    "tuning": {"floor", "data", "model", "training"},
+    "cluster": {"floor", "data", "model"},
 }
 
 

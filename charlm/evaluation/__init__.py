@@ -1,0 +1,2 @@
+"""Checkpoints scored on any text, and runs compared side by side. Imports the
+floor, data and model."""

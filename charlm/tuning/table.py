@@ -1,0 +1,117 @@
+"""A sweep's record: one row per trial in `<sweep>/trials.parquet`, and
+val_loss against step per trial in `<sweep>/trials.png`, both read from the
+trials' own runs (their history.parquet and checkpoints)."""
+
+from __future__ import annotations
+
+import io
+import math
+import uuid
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from charlm import storage
+from charlm.errors import CharlmError, first_line
+from charlm.model import checkpoint
+from charlm.training.metrics import read_history
+
+TABLE = "trials.parquet"
+CHART = "trials.png"
+# A trial's status: pending or running while the sweep runs, unfinished
+# after an interruption (a rerun resumes it), then ended: finished (all its
+# epochs), stopped early (before its last epoch: by ASHA or --patience) or
+# failed (the error column says why).
+FINISHED, STOPPED, FAILED = "finished", "stopped early", "failed"
+ENDED = (FINISHED, STOPPED, FAILED)
+
+
+def history(run: str) -> pd.DataFrame:
+    """A trial's run's history.parquet (empty before its first epoch)."""
+    return pd.DataFrame(read_history(run))
+
+
+def run_summary(run: str) -> dict:
+    """What a trial's run reached, from its history: best val_loss and
+    val_bpc (and their epoch), the last epoch and step, and its best
+    checkpoint's URI (None before the first finite one)."""
+    history_ = history(run)
+    summary = {"best_val_loss": math.nan, "best_val_bpc": math.nan, "best_epoch": None,
+               "epoch": 0, "step": 0, "checkpoint": None}
+    if history_.empty:
+        return summary
+    last = history_.iloc[-1]
+    summary.update(epoch=int(last["epoch"]), step=int(last["step"]))
+    finite = history_[history_["val_loss"].map(lambda v: v is not None and math.isfinite(v))]
+    if not finite.empty:
+        best = finite.loc[finite["val_loss"].idxmin()]
+        summary.update(best_val_loss=float(best["val_loss"]), best_val_bpc=float(best["val_bpc"]),
+                       best_epoch=int(best["epoch"]))
+        try:
+            summary["checkpoint"] = checkpoint.locate(run)
+        except CharlmError:
+            pass  # the epoch's checkpoint is not written yet
+    return summary
+
+
+def write_table(sweep_dir: str, rows: list[dict]) -> str:
+    """The table, replaced whole: readers see the old or the new one."""
+    uri = storage.join(sweep_dir, TABLE)
+    fs, path = storage.resolve(uri)
+    table = pa.Table.from_pylist(rows)
+    if storage.is_uri(uri):  # an object store writes a whole object or none
+        pq.write_table(table, path, filesystem=fs)
+    else:
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        pq.write_table(table, tmp, filesystem=fs)
+        fs.move(tmp, path)
+    return uri
+
+
+def read_table(sweep_dir: str) -> list[dict]:
+    """The rows written so far (none for a new sweep)."""
+    uri = storage.join(sweep_dir, TABLE)
+    if not storage.exists(uri):
+        return []
+    fs, path = storage.resolve(uri)
+    return pq.read_table(path, filesystem=fs).to_pylist()
+
+
+def draw(sweep_dir: str, curves: dict[str, pd.DataFrame]) -> str:
+    """val_loss against step, one line per trial (label → its history)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    values = []
+    for label, history in curves.items():
+        if history.empty:
+            continue
+        ax.plot(history["step"], history["val_loss"], marker="o", markersize=3, label=label)
+        values += [v for v in history["val_loss"] if v is not None and math.isfinite(v)]
+    if values:  # a diverged trial would squash the others: keep 90% of the points in view
+        low, high = min(values), float(pd.Series(values).quantile(0.9))
+        pad = 0.05 * (high - low or 1.0)
+        ax.set_ylim(low - pad, high + pad)
+    ax.set_xlabel("step")
+    ax.set_ylabel("val_loss (nats/char)")
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize="small")
+    ax.set_title(f"sweep {sweep_dir.rstrip('/').rsplit('/', 1)[-1]}: held-out loss per trial")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    uri = storage.join(sweep_dir, CHART)
+    fs, path = storage.resolve(uri)
+    try:
+        with fs.open_output_stream(path) as f:
+            f.write(buf.getvalue())
+    except OSError as e:
+        raise CharlmError(f"chart {uri} cannot be written ({first_line(e)}); check that the "
+                          "sweep's --storage-path is writable") from e
+    return uri
