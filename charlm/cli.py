@@ -35,6 +35,9 @@ def _from_ray(error: BaseException) -> bool:
 
 
 def run_job(main: Callable[[], object]) -> None:
+    """Run a job's body under the error convention: a CharlmError, or one that
+    Ray wrapped, becomes `error: <message>` on stderr and exit status 2;
+    Ctrl-C exits 130; any other error is a bug and keeps its traceback."""
     try:
         main()
     except KeyboardInterrupt:

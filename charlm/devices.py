@@ -15,7 +15,8 @@ from charlm.errors import CharlmError
 
 # -- choices by device ------------------------------------------------------------
 
-# Gradients per all-reduce: the seed model's are 0.4 MB, so one pack per step.
+# Bytes of gradients per all-reduce: every gradient of these models fits one
+# pack, so each step is one collective.
 ALL_REDUCE_PACK = 32 << 20
 CPU_STEPS_PER_EXECUTION = 16  # several CPU workers; one worker runs 1
 GPU_STEPS_PER_EXECUTION = 32
@@ -78,10 +79,9 @@ def set_threads(threads: tuple[int, int] | None) -> bool:
 
 
 def max_generation_batch(use_gpu: bool) -> int:
-    """Requests generated together per call, at most. CPU kernels gain little
-    past 1,024; a GPU stays busy only with more, and 4,096 requests' states
-    and one window's activations fit in a few hundred MB. Samples do not
-    depend on the batching either way."""
+    """Requests generated together per call, at most: more on a GPU, which
+    stays busy only with many rows. Samples do not depend on the batching
+    either way."""
     return GPU_GENERATION_BATCH if use_gpu else CPU_GENERATION_BATCH
 
 

@@ -1,5 +1,7 @@
-"""Joining a Ray cluster or starting an embedded one, with TensorFlow and Ray
-quiet unless --verbose."""
+"""Where a job runs: joining a Ray cluster or starting an embedded one, the
+environment of every Ray worker, TensorFlow and Ray quiet unless --verbose,
+and the checks a cluster needs before anything is written (paths every node
+can reach, GPUs that can come) and its one placement deadline."""
 
 from __future__ import annotations
 
@@ -17,15 +19,14 @@ from charlm.errors import CharlmError, chain
 
 
 def worker_env(verbose: bool) -> dict[str, str]:
-    """Environment for every Ray worker: tf-keras, GPUs only for work that reserves
-    them, and no log noise by default."""
+    """Environment for every Ray worker (and the driver): tf-keras, GPUs
+    hidden from work that reserves none, so that a job without --use-gpu never
+    touches a GPU node's devices, and no log noise unless `verbose`."""
     # Two malloc arenas: TensorFlow's threads otherwise each keep their own,
-    # and freed activations linger in them (peak memory per worker). A 64 MB
-    # top pad: without it a training step's slices (model.CharLM) return
-    # their memory to the kernel and fault it back in every slice, which ran
-    # a worker at a third of its speed.
-    # GPUs only for work that reserves them: work without --use-gpu never
-    # touches a GPU node's devices.
+    # and freed activations linger in them, adding to a worker's peak. A 64 MB
+    # top pad: without it, the memory a training step's slice frees
+    # (charlm.model.network.CharLM) goes back to the kernel and is faulted
+    # in again by the next slice.
     env = {"TF_USE_LEGACY_KERAS": "1", "MALLOC_ARENA_MAX": "2", "MALLOC_TOP_PAD_": str(64 << 20),
            **internals.hide_unreserved_gpus()}
     if not verbose:
@@ -135,8 +136,11 @@ def on_cluster() -> bool:
 
 
 def init_ray(verbose: bool = False, cpus_needed: int = 1) -> None:
-    """Locally, give Ray more logical CPUs than the training workers hold, or
-    Ray Data's tasks never schedule beside them."""
+    """Join the running cluster (on_cluster), else start an embedded Ray for
+    this process's lifetime; a no-op if Ray is up. Every worker gets
+    runtime_env. An embedded Ray gets more logical CPUs than the
+    `cpus_needed` that training workers or actors hold, or Ray Data's tasks
+    never schedule beside them."""
     import ray
 
     quiet(verbose)
@@ -145,20 +149,19 @@ def init_ray(verbose: bool = False, cpus_needed: int = 1) -> None:
     if not sys.stdout.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no ANSI codes in logs and files
     # Workers' output is not forwarded unless --verbose: the driver prints
-    # rank 0's lines itself (charlm.progress), and errors come back as
-    # exceptions. This also keeps Ray's own actors' log lines out, such as
-    # the core worker's "constructor arguments in the object store and
-    # max_restarts > 0" error for Ray Train's PreemptionWatcher.
+    # rank 0's lines itself (charlm.training.progress), and errors come back
+    # as exceptions. Ray's own actors' log lines stay out too
+    # (docs/training.md, Logs and progress).
     kwargs = dict(logging_level=logging.INFO if verbose else logging.ERROR,
                   runtime_env=runtime_env(verbose), log_to_driver=verbose)
     if on_cluster():
         ray.init(**kwargs)  # Ray finds the address itself; a cluster has its own CPUs
     else:
         # Ray starts workers at nice 15 by default: on a small machine any
-        # normal-priority process (dashboard, metrics) then halves training.
+        # normal-priority process (dashboard, metrics) then slows training.
         os.environ.setdefault("RAY_worker_niceness", "0")
-        # No dashboard: nothing of charlm's reads it locally, and its ten
-        # processes held ~1 GB (a joined cluster keeps its own, for job submission).
+        # No dashboard: nothing of charlm's reads it locally, and it is several
+        # processes' memory (a joined cluster keeps its own, for job submission).
         ray.init(num_cpus=max(os.cpu_count() or 1, cpus_needed + 2),
                  include_dashboard=False, **kwargs)
     import ray.data
@@ -265,20 +268,3 @@ def get_within(refs, seconds: float, what: str, gpus: bool = False):
         if ours is None:
             raise
         raise CharlmError(str(ours)) from e
-
-
-def set_training_threads(cpus: int) -> tuple[int, int]:
-    """The CPU threads of charlm.devices, until worker.py and the benchmarks
-    call it there."""
-    from charlm import devices
-
-    threads = devices.training_threads(False, cpus)
-    devices.set_threads(threads)
-    return threads
-
-
-def check_gpu(use_gpu: bool, what: str, announce: bool = False) -> list[str]:
-    """charlm.devices.check_gpu, until worker.py and generation/job.py call it there."""
-    from charlm import devices
-
-    return devices.check_gpu(use_gpu, what, announce)

@@ -17,8 +17,8 @@ from charlm.cli import run_job
 from jobs import generate, report, train
 
 JOBS = {"train": train, "generate": generate, "report": report}
-# Alone, the pipeline is a few minutes' demo: the quick preset, then every
-# seed at each of generation's default temperatures.
+# Alone, the pipeline is a short demo: the quick preset, then the recipe's
+# seed and 32 held-out seeds at each of generation's default temperatures.
 DEFAULTS = {"train": ["--preset", "quick"], "generate": ["--num-seeds", "32"]}
 PENDING = "<pending>"  # stands for a path that an earlier job has not produced yet
 

@@ -34,7 +34,9 @@ from raycluster import (
 from charlm.config import TrainConfig
 from jobs.pipeline import route
 
-DEADLINE = 8
+# Long enough for a task that needs no CPU to start on the head of a loaded
+# machine (a worker process's start), as the held-out sample's must.
+DEADLINE = 15
 # Past the deadline: the job's start (Python, Ray, TensorFlow imports) on a
 # loaded 2-core machine, and the deadline's own polling.
 MARGIN = 30

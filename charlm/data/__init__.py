@@ -1,2 +1,2 @@
 """The data path: text from its source to the windows each training worker
-reads. Imports only charlm's floor (config, errors, storage)."""
+reads. Imports only charlm's floor."""

@@ -1,8 +1,10 @@
 """Training text: where it comes from, how it is normalised, and its vocabulary.
 
-The seed trained on the Keras example's nietzsche.txt, lower-cased with
-newlines as spaces. That stays the default; python-docs (built from CPython's
+The default corpus is the Keras example's nietzsche.txt, lower-cased with
+newlines as spaces, as the seed reads it; python-docs (built from CPython's
 own pydoc topics) is the offline stand-in when nietzsche cannot be fetched.
+Text is always UTF-8; with the byte vocabulary, ids are its UTF-8 bytes and
+decode back as UTF-8.
 """
 
 from __future__ import annotations
@@ -238,11 +240,11 @@ def _write_atomically(path: str, data: bytes) -> None:
 
 
 def _python_docs() -> tuple[str, str]:
-    """~400K characters of English documentation that ship with Python itself,
-    as readable running text. The topics' indentation (a third of the raw
-    text, long runs of spaces once newlines become spaces) is dropped, and so
-    are the lines that are layout rather than prose: heading underlines,
-    table frames and cells, and interactive sessions (`>>>`, `...`)."""
+    """English documentation that ships with Python itself, as readable
+    running text. The topics' indentation (long runs of spaces once newlines
+    become spaces) is dropped, and so are the lines that are layout rather
+    than prose: heading underlines, table frames and cells, and interactive
+    sessions (`>>>`, `...`)."""
     from pydoc_data.topics import topics
 
     lines = []

@@ -7,7 +7,7 @@ and read twice by Ray Data map tasks, one stretch each: a first pass
 normalises and counts (characters per stretch, each character's count, a
 sha256), the driver merges the counts into the vocabulary, and a second pass
 encodes each stretch into parts. Small corpora (nietzsche, python-docs, a URL,
-a file of one stretch) are read in the driver as before and give the same parts.
+a file of one stretch) are read in the driver, into the same parts.
 
 Held out: the last --val-frac of each file (for one file: the seed's tail).
 Windows never cross a part, and parts never cross a file. A file's parts
@@ -41,9 +41,9 @@ from charlm.data.corpus import (
 from charlm.data.windows import holdout_start, window_count
 from charlm.errors import CharlmError
 
-STRETCH_BYTES = 8 << 20  # raw bytes per map task: its peak is about 15x this
+STRETCH_BYTES = 8 << 20  # raw bytes per map task, which bound its memory
 _SEARCH = 1 << 16  # bytes searched past a nominal cut for a space or newline
-HELDOUT_CAP = 50_000  # held-out windows scored per epoch (nietzsche has 20,000: all)
+HELDOUT_CAP = 50_000  # held-out windows scored per epoch, at most (all of nietzsche's)
 SEED_CANDIDATES = 1_000  # held-out seeds recorded for generation's --num-seeds
 # Stretches per map-task process before it exits: a process keeps the pages
 # of Ray's store it wrote (the parts) and its heap's high-water mark in its
@@ -282,10 +282,10 @@ def recorded_texts(info: dict):
 
 def corpus_sha256(hashes: list[tuple[str, int, str]]) -> str:
     """A hash of per-stretch hashes, so no process needs the whole text. One
-    stretch: the sha256 of its normalised UTF-8 text (a small file's, as
-    before); several: the sha256 of their 'file name<TAB>stretch<TAB>sha256'
-    lines (file base names: the same corpus read from another path or bucket
-    has the same hash)."""
+    stretch: the sha256 of its normalised UTF-8 text (as a small corpus read
+    whole gives it); several: the sha256 of their
+    'file name<TAB>stretch<TAB>sha256' lines (file base names: the same
+    corpus read from another path or bucket has the same hash)."""
     if len(hashes) == 1:
         return hashes[0][2]
     lines = "".join(f"{name}\t{index}\t{sha}\n" for name, index, sha in hashes)
@@ -479,8 +479,8 @@ _REMOTE: dict = {}
 
 
 def _remote_fn(fn):
-    """fn as a Ray remote function, made on first use (importing charlm.parts
-    does not import Ray)."""
+    """fn as a Ray remote function, made on first use (importing
+    charlm.data.parts does not import Ray)."""
     import ray
 
     key = (fn.__name__, MAX_CALLS)

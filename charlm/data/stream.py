@@ -20,10 +20,11 @@ number of workers.
 
 Each worker reads its own Ray Dataset, built inside the training loop from
 the epoch it starts at: `ray.data.range` over its rows, mapped to windows in
-blocks by map tasks, in order (`preserve_order`). (Ray Train's
-`streaming_split` hands blocks to workers as they ask, so which worker reads
-what, and where an epoch ends, depended on timing; a dataset built once by
-the driver could not start a replaced worker group at its checkpoint's epoch.)
+blocks by map tasks, in order (`preserve_order`). Not Ray Train's
+`streaming_split` of one dataset: it hands blocks to workers as they ask, so
+which worker reads what, and where an epoch ends, would depend on timing, and
+a dataset the driver builds once cannot start a replaced worker group at its
+checkpoint's epoch.
 """
 
 from __future__ import annotations
@@ -163,15 +164,14 @@ class _Gather:
 
     Parts fetched from the object store are read in place (zero-copy), and a
     block's windows lie all over the corpus: every page of the store a process
-    has read stays mapped, in its RSS, while it lives (at 1 GB, a gather
-    process grew to the whole corpus, 1.1 GB). So after each block the
-    process drops its mappings of a part's pages as soon as it has read that
-    part's windows of the block (`_unmap`): the pages stay in the store, the
-    next block maps those it reads again. A process then holds at most about
-    one part's pages (each fault also maps up to 64 KB around it), whatever
-    the corpus size. (Exiting every
-    few blocks, Ray's max_calls, bounds it too, but starting processes that
-    often cut the feed rate twentyfold on this loaded machine.)"""
+    has read would stay mapped, in its RSS, while it lives, until it held the
+    whole corpus. So the process drops its mappings of a part's pages as soon
+    as it has read that part's windows of the block (`_unmap`): the pages stay
+    in the store, and the next block maps those it reads again. A process
+    holds at most about one part's pages (each fault also maps up to 64 KB
+    around it), whatever the corpus size, and lives on: exiting every few
+    blocks (Ray's max_calls) would bound it too, at the cost of a process
+    start every few blocks."""
 
     def __init__(self, parts: Sequence, plan: Plan, worker: int, start_epoch: int):
         self.parts, self.plan = list(parts), plan

@@ -1,8 +1,8 @@
 """Windows over the encoded corpus (the seed's offsets) and the held-out split.
 
 Windows are never materialised as one-hot arrays, nor all at once for
-training: charlm.stream gathers each worker's windows of maxlen + 1 ids from
-the encoded corpus as they stream to it.
+training: charlm.data.stream gathers each worker's windows of maxlen + 1 ids
+from the encoded corpus as they stream to it.
 """
 
 from __future__ import annotations

@@ -5,7 +5,6 @@ or any directory, holds runs one level down."""
 
 from __future__ import annotations
 
-import io
 import math
 import posixpath
 
@@ -14,8 +13,8 @@ import pandas as pd
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from charlm import storage
-from charlm.errors import CharlmError, first_line
+from charlm import charts, storage
+from charlm.errors import CharlmError
 from charlm.model import checkpoint
 
 HISTORY = "history.parquet"  # as charlm.training.metrics writes it, one row per epoch
@@ -129,21 +128,11 @@ def compare(paths: list[str], chart_path: str | None = None) -> str:
 
 def draw(histories: dict[str, pd.DataFrame], path: str) -> None:
     """val_loss against step and against wall time, one line per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    fig, (by_step, by_time) = charts.pyplot().subplots(1, 2, figsize=(12, 5), sharey=True)
     for name, history in histories.items():
         by_step.plot(history["step"], history["val_loss"], marker="o", markersize=3, label=name)
         by_time.plot(history["time"], history["val_loss"], marker="o", markersize=3, label=name)
-    values = np.concatenate([h["val_loss"].to_numpy(dtype=float) for h in histories.values()])
-    values = values[np.isfinite(values)]
-    if values.size:  # a diverged run would squash the others: keep 90% of the points in view
-        low, high = values.min(), np.quantile(values, 0.9)
-        pad = 0.05 * (high - low or 1.0)
-        by_step.set_ylim(low - pad, high + pad)
+    charts.focus(by_step, [v for h in histories.values() for v in h["val_loss"]])
     by_step.set_xlabel("step")
     by_time.set_xlabel("wall time (s)")
     by_step.set_ylabel("val_loss (nats/char)")
@@ -151,14 +140,4 @@ def draw(histories: dict[str, pd.DataFrame], path: str) -> None:
         ax.grid(alpha=0.3)
     by_step.legend(fontsize="small")
     fig.suptitle("charlm runs: held-out loss")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    fs, p = storage.resolve(path)
-    try:
-        with fs.open_output_stream(p) as f:
-            f.write(buf.getvalue())
-    except OSError as e:
-        raise CharlmError(f"chart {path} cannot be written ({first_line(e)}); pass --chart "
-                          "with a writable path") from e
+    charts.save(fig, path, "pass --chart with a writable path")

@@ -10,14 +10,13 @@ temperatures).
 
 from __future__ import annotations
 
-import io
 import re
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from charlm import storage
+from charlm import charts, storage
 from charlm.errors import CharlmError
 from charlm.model import checkpoint
 
@@ -67,8 +66,8 @@ def load(output: str) -> pd.DataFrame:
 def vocabulary(df: pd.DataFrame) -> tuple[set[str], str]:
     """The generated words found in the run's corpus, else (corpus
     unavailable) the words of the seed texts. The corpus streams past one
-    stretch at a time (charlm.parts.recorded_texts): memory is the generated
-    words, whatever the corpus's size."""
+    stretch at a time (charlm.data.parts.recorded_texts): memory is the
+    generated words, whatever the corpus's size."""
     from charlm.data.parts import recorded_texts
 
     uri = df["checkpoint"].iloc[0]
@@ -86,12 +85,7 @@ def vocabulary(df: pd.DataFrame) -> tuple[set[str], str]:
 
 def chart(table: pd.DataFrame, path: str) -> None:
     """The four metrics against temperature, one line per context mode."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+    fig, axes = charts.pyplot().subplots(2, 2, figsize=(10, 7), sharex=True)
     for ax, (column, title) in zip(axes.flat, METRICS.items(), strict=True):
         for mode, rows in table.groupby("context_mode"):
             ax.plot(rows["temperature"], rows[column], marker="o", label=mode)
@@ -101,17 +95,7 @@ def chart(table: pd.DataFrame, path: str) -> None:
         ax.set_xlabel("temperature")
     axes[0, 0].legend(title="context")
     fig.suptitle("charlm generation by temperature")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    fs, p = storage.resolve(path)
-    try:
-        with fs.open_output_stream(p) as f:
-            f.write(buf.getvalue())
-    except OSError as e:
-        raise CharlmError(f"chart {path} cannot be written ({e}); pass --chart with a "
-                          "writable path") from e
+    charts.save(fig, path, "pass --chart with a writable path")
 
 
 def report(output: str, chart_path: str | None = None) -> str:

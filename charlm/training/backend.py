@@ -2,8 +2,8 @@
 MultiWorkerMirroredStrategy) without importing TensorFlow where no model runs.
 
 `ray.train.tensorflow` imports TensorFlow at import time, and Ray Train's
-controller imports it to unpickle `TensorflowConfig`: the driver and the
-controller each held TensorFlow's ~0.5 GB for nothing. This is the same
+controller imports it to unpickle `TensorflowConfig`, so the driver and the
+controller would each hold TensorFlow in memory for nothing. This is the same
 backend as Ray 2.60's `ray.train.tensorflow.config` (set up once, before the
 training function runs), reachable without that import.
 """

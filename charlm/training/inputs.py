@@ -33,10 +33,10 @@ class WorkerInputs:
 
 
 def without_autotune(data):
-    """A training input with tf.data's autotuning off. Its optimisation thread
-    sleeps between rounds, twice as long each time, and an iterator's
-    destructor waits for it to wake: an epoch that ends its iterator stalls,
-    every thread asleep, by up to its own length. Buffers are fixed instead."""
+    """A training input with tf.data's autotuning off, its buffers fixed
+    instead. The autotuner's thread sleeps between rounds, longer each time,
+    and an iterator's destructor waits for it to wake: with it on, an epoch
+    that ends its iterator stalls, every thread asleep."""
     import tensorflow as tf
 
     options = tf.data.Options()

@@ -57,11 +57,10 @@ def read_history(run_dir: str) -> list[dict]:
 class TensorBoard:
     """Per-epoch scalars as TensorBoard event files in <run_dir>/tensorboard.
 
-    TensorFlow writes local paths (and gs://) but not s3://: a remote run's
-    files are written to a local directory and copied after each epoch with
-    pyarrow, whole (event files are small: a few hundred bytes per epoch).
-    A resumed run adds a new event file beside the old ones; TensorBoard reads
-    them all."""
+    TensorFlow cannot write s3://: a run on object storage (s3://, gs://)
+    writes its files to a local directory and copies them, whole, after each
+    epoch with pyarrow (event files are small). A resumed run adds a new event
+    file beside the earlier ones; TensorBoard reads them all."""
 
     def __init__(self, run_dir: str):
         import tensorflow as tf
