@@ -16,6 +16,11 @@ VAL_STEP = 3
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK")
 
 OPTIMIZERS = ("rmsprop", "adam")
+# --precision: the Keras mixed-precision policy of the LSTM stack (its
+# matmuls, activations and state); the weights, the optimizer's state, the
+# output layer, its softmax and the loss stay float32 whatever the choice.
+PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+COMPUTE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 # Seconds a job waits for its workers or actors to be placed: a cold start of
 # GPU nodes (instance boot, image pull, install) takes 10-15 minutes.
 PLACEMENT_TIMEOUT_S = 1200.0
@@ -72,6 +77,9 @@ class TrainConfig:
     # Checkpoints a run keeps: the N with the lowest val_loss, plus always the
     # latest (to resume from); 0 keeps every one.
     keep_checkpoints: int = 3
+    # fp32, bf16 or fp16 (PRECISIONS); fp16 scales the loss. Checkpoints hold
+    # float32 weights either way, so a run resumes under any precision.
+    precision: str = "fp32"
     preset: str | None = None  # the preset make_config started from, recorded in checkpoints
 
     def to_dict(self) -> dict:
@@ -134,9 +142,17 @@ class TrainConfig:
         if not 0.0 <= self.weight_average < 1.0:
             raise CharlmError(f"--weight-average is {self.weight_average}; use a momentum in "
                               "[0, 1), such as 0.99 (0: off)")
+        check_precision(self.precision)
         if self.keep_checkpoints < 0:
             raise CharlmError(f"--keep-checkpoints is {self.keep_checkpoints}; use a number of "
                               "checkpoints to keep besides the latest, or 0 to keep every one")
+
+
+def check_precision(precision: str) -> None:
+    """--precision must be one of PRECISIONS (training and generation alike)."""
+    if precision not in PRECISIONS:
+        raise CharlmError(f"--precision {precision!r} is unknown; "
+                          f"use one of {', '.join(PRECISIONS)}")
 
 
 # The fast recipe predicts every position of non-overlapping 64-character
@@ -150,11 +166,11 @@ _FAST = {"objective": "all", "maxlen": 64, "step": 64, "batch_size": 64,
 PRESETS: dict[str, dict] = {
     # The Keras example exactly: LSTM(128), RMSprop 0.01, batch 1024, 40 epochs.
     "seed": {},
-    # A few minutes on a 2-core CPU that still shows learning.
+    # A short run that still shows learning: the pipeline's demo.
     "quick": {**_FAST, "epochs": 6},
     "fast": {**_FAST, "epochs": 80},
     # Fewest optimizer steps at a GPU-sized batch (on a GPU, a step over 1,024
-    # sequences costs about what one over 64 does): Adam with a warm-up,
+    # sequences costs little more than one over 64): Adam with a warm-up,
     # cosine decay and global-norm clipping. The batch is global: W workers
     # each take 1,024 / W of the same step, so the rate and the per-step curve
     # do not depend on W. Windows every 4 characters make an epoch 132 steps,
@@ -164,9 +180,11 @@ PRESETS: dict[str, dict] = {
             "global_clipnorm": 1.0, "dropout": 0.1, "epochs": 15},
     # The best held-out loss within the seed recipe's own 20-epoch time on a
     # CPU: the fast recipe with two layers of LSTM(256), dropout 0.3 after
-    # each, scored on averaged weights.
+    # each, scored on averaged weights. A linear warm-up takes the two-layer
+    # net off the unigram plateau early on every seed; without it, how long
+    # the net stays there depends on the seed.
     "quality": {**_FAST, "layers": 2, "units": 256, "dropout": 0.3, "learning_rate": 0.015,
-                "weight_average": 0.99, "epochs": 40},
+                "warmup_steps": 100, "weight_average": 0.99, "epochs": 40},
 }
 
 

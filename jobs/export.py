@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from charlm.cli import job_main, options_from
+from charlm.config import PRECISIONS
 from charlm.generation.export import ExportOptions, export
 from charlm.generation.options import CONTEXT_MODES
 
@@ -25,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--top-k", type=int, default=D.top_k, help="fixed in the exported graph (0: all)")
     a("--top-p", type=float, default=D.top_p, metavar="P",
       help="fixed in the exported graph (default 1: all)")
+    a("--precision", choices=list(PRECISIONS), default=D.precision,
+      help="the exported LSTM stack's compute dtype (default fp32)")
     a("--verbose", action="store_true", help="show TensorFlow logs")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from charlm.cli import job_main, options_from
+from charlm.config import PRECISIONS
 from charlm.generation.job import GenerateOptions, generate
 from charlm.generation.options import CONTEXT_MODES, UNKNOWN_CHARS
 
@@ -45,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--top-p", type=float, default=D.top_p, metavar="P",
       help="nucleus sampling: draw only among the likeliest characters whose probability "
            "(after temperature and top-k) first reaches P (default 1: all)")
+    a("--precision", choices=list(PRECISIONS), default=D.precision,
+      help="the LSTM stack's compute dtype: fp32 (default), bf16 or fp16; texts are "
+           "deterministic per request within a precision, and differ across them")
     a("--rng-seed", type=int, default=D.rng_seed,
       help="base of every sample's own RNG seed (default %(default)s)")
     a("--concurrency", type=int, default=D.concurrency,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from charlm.cli import job_main, options_from
+from charlm.config import PRECISIONS
 from charlm.generation.options import CONTEXT_MODES, UNKNOWN_CHARS
 from charlm.generation.sampler import SampleOptions, sample
 
@@ -30,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--top-k", type=int, default=D.top_k, help="as in jobs.generate (0: all)")
     a("--top-p", type=float, default=D.top_p, metavar="P",
       help="as in jobs.generate (default 1: all)")
+    a("--precision", choices=list(PRECISIONS), default=D.precision,
+      help="as in jobs.generate (default fp32)")
     a("--rng-seed", type=int, default=D.rng_seed,
       help="as jobs.generate's: with the prime, temperature and --sample-index it "
            "derives the request's own RNG seed (default %(default)s)")

@@ -6,6 +6,7 @@ variables are exactly those a resume refuses to change."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import shutil
 
 import numpy as np
@@ -160,3 +161,32 @@ def test_the_flags_a_resume_refuses_are_those_that_change_the_variables(tmp_path
                 checkpoint.restore(directory, model)
         else:
             checkpoint.restore(directory, model)
+
+
+def test_checkpoints_move_between_precisions(tmp_path) -> None:
+    """A checkpoint written under any --precision resumes under any other with
+    the same weights and optimizer step; fp16 to fp16 keeps the loss scale,
+    and a run moving to fp16 starts a fresh one. --precision is no flag a
+    resume refuses."""
+    x, y = _batches(8)
+    written = {}
+    for precision in ("fp32", "bf16", "fp16"):
+        config = make_config("seed", units=8, maxlen=6, batch_size=4, precision=precision)
+        model = _model(config)
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+        if precision == "fp16":
+            model.optimizer.dynamic_counter.assign(7)  # a scale mid-way through its growth
+        (tmp_path / precision).mkdir()
+        checkpoint.save(str(tmp_path / precision), model, {})
+        written[precision] = config, model
+    for (old, (saved_config, saved)), new in itertools.product(written.items(), written):
+        config = dataclasses.replace(saved_config, precision=new)
+        assert checkpoint.changed_variables(saved_config, config) == []
+        resumed = _model(config)
+        checkpoint.restore(str(tmp_path / old), resumed)
+        for got, want in zip(_values(resumed.weights), _values(saved.weights), strict=True):
+            np.testing.assert_array_equal(got, want, err_msg=f"{old} -> {new}")
+        assert int(resumed.optimizer.iterations) == 2, f"{old} -> {new}"
+        if new == "fp16":
+            assert int(resumed.optimizer.dynamic_counter) == (7 if old == "fp16" else 0)
+        resumed.fit(x, y, batch_size=4, epochs=1, verbose=0)

@@ -30,8 +30,8 @@ from jobs import generate as job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLUMNS = ["run_id", "created_at", "checkpoint", "checkpoint_epoch", "corpus", "seed_text",
-           "temperature", "sample_index", "rng_seed", "context_mode", "top_k", "top_p", "length",
-           "text", "mean_logprob", "seconds", "generated_at"]
+           "temperature", "sample_index", "rng_seed", "context_mode", "top_k", "top_p", "precision",
+           "length", "text", "mean_logprob", "seconds", "generated_at"]
 WORDS = ("café crème brûlée naïve señor über straße déjà élan façade "
          "東京 日本語 漢字 中文 北京 大阪 学生 先生").split()
 
@@ -77,13 +77,13 @@ def leftovers(path) -> list[str]:
     return sorted(f for f in os.listdir(parent) if f == name or f.startswith(f".{name}."))
 
 
-STATEFUL = ["--context-mode", "stateful", "--top-k", 3, "--top-p", 0.8]
+STATEFUL = ["--context-mode", "stateful", "--top-k", 3, "--top-p", 0.8, "--precision", "bf16"]
 
 
 @pytest.fixture(scope="module")
 def stateful(char_run, tmp_path_factory):
-    """Stateful, top-k and top-p, on two actors (a batch of 21 requests each),
-    written with --overwrite over an older output."""
+    """Stateful, top-k and top-p, in bf16, on two actors (a batch of 21
+    requests each), written with --overwrite over an older output."""
     out = tmp_path_factory.mktemp("gen") / "out"
     out.mkdir()
     (out / "old.parquet").write_text("an older output")
@@ -120,7 +120,7 @@ def test_output_schema_and_every_request_on_two_actors(stateful, char_run, capsy
 
     assert (df["text"].str.len() == 24).all() and (df["length"] == 24).all()
     assert set(df["context_mode"]) == {"stateful"} and set(df["top_k"]) == {3}
-    assert set(df["top_p"]) == {0.8}
+    assert set(df["top_p"]) == {0.8} and set(df["precision"]) == {"bf16"}
     assert (df["mean_logprob"] < 0).all() and (df["seconds"] > 0).all()
     greedy = df[df.temperature == 0].groupby("seed_text")["text"].nunique()
     assert (greedy == 1).all()  # T = 0: every sample of a seed is the argmax path

@@ -3,6 +3,7 @@
 import dataclasses
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from charlm.config import TrainConfig
@@ -53,24 +54,27 @@ def test_held_out_score_is_the_cross_entropy_of_the_character_after_each_window(
     assert abs(expected - np.log(vocab)) < 0.2
 
 
-def test_micro_batches_take_the_same_step_as_the_whole_batch():
+@pytest.mark.parametrize("objective, precision, tolerance", [
+    ("last", "fp32", 1e-5), ("all", "fp32", 1e-5), ("all", "fp16", 2e-3)])
+def test_micro_batches_take_the_same_step_as_the_whole_batch(objective, precision, tolerance):
     """Slices of 4, 3 and 3 windows, gradients weighted by size: one RMSprop
-    step lands on the same weights, with the same loss, as the batch of 10."""
+    step lands on the same weights, with the same loss, as the batch of 10.
+    Under fp16 each slice's loss is scaled and its gradients unscaled, as
+    Keras's own step does for the whole batch."""
     vocab = 12
-    for objective in ("last", "all"):
-        config = TrainConfig(objective=objective, units=16, micro_batch=0)
-        whole, sliced = build_model(config, vocab), build_model(config, vocab)
-        start = whole.get_weights()
-        sliced.set_weights(start)
-        compile_model(whole, config)
-        compile_model(sliced, dataclasses.replace(config, micro_batch=4))
-        w = np.random.default_rng(3).integers(0, vocab, size=(10, 9)).astype(np.int32)
-        # One batch of a fixed size, as the training input has: slices of 4, 3 and 3.
-        losses = [m.train_on_batch(*split_xy(w, objective)) for m in (whole, sliced)]
-        assert abs(losses[0] - losses[1]) < 1e-5, objective
-        for a, b, s0 in zip(whole.get_weights(), sliced.get_weights(), start, strict=True):
-            np.testing.assert_allclose(a, b, atol=1e-5, err_msg=objective)
-            assert np.abs(b - s0).max() > 1e-3  # the step moved every weight
+    config = TrainConfig(objective=objective, units=16, micro_batch=0, precision=precision)
+    whole, sliced = build_model(config, vocab), build_model(config, vocab)
+    start = whole.get_weights()
+    sliced.set_weights(start)
+    compile_model(whole, config)
+    compile_model(sliced, dataclasses.replace(config, micro_batch=4))
+    w = np.random.default_rng(3).integers(0, vocab, size=(10, 9)).astype(np.int32)
+    # One batch of a fixed size, as the training input has: slices of 4, 3 and 3.
+    losses = [m.train_on_batch(*split_xy(w, objective)) for m in (whole, sliced)]
+    assert abs(losses[0] - losses[1]) < tolerance
+    for a, b, s0 in zip(whole.get_weights(), sliced.get_weights(), start, strict=True):
+        np.testing.assert_allclose(a, b, atol=tolerance)
+        assert np.abs(b - s0).max() > 1e-3  # the step moved every weight
 
 
 def test_training_input_runs_without_autotuning_and_keeps_its_elements():
@@ -80,3 +84,20 @@ def test_training_input_runs_without_autotuning_and_keeps_its_elements():
     assert fixed.options().autotune.enabled is False
     assert [b.tolist() for b in fixed.as_numpy_iterator()] == \
         [b.tolist() for b in data.as_numpy_iterator()]
+
+
+def test_precision_sets_the_lstm_stacks_compute_dtype_and_nothing_else():
+    """bf16 and fp16 compute the one-hot input, the LSTM stack and dropout in
+    their dtype; every variable and the output layer's softmax stay float32;
+    fp16 scales the loss."""
+    for precision, dtype in (("fp32", "float32"), ("bf16", "bfloat16"), ("fp16", "float16")):
+        config = TrainConfig(units=16, layers=2, dropout=0.1, precision=precision)
+        model = build_model(config, 12)
+        compile_model(model, config)
+        computed = {layer.name: layer.compute_dtype for layer in model.layers[1:]}
+        assert computed == {"one_hot": dtype, "lstm_0": dtype, "dropout_0": dtype,
+                            "lstm_1": dtype, "dropout_1": dtype, "next_char": "float32"}
+        assert {v.dtype for v in model.weights} == {tf.float32}
+        assert model.output.dtype == tf.float32
+        scaled = isinstance(model.optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
+        assert scaled == (precision == "fp16")

@@ -175,15 +175,18 @@ def test_stateful_mode_is_the_lstm_run_over_the_whole_text():
     assert mean_logp[0] == pytest.approx(np.log(probs.max(-1)).mean(), abs=1e-5)
 
 
-@pytest.mark.parametrize("mode", ["window", "stateful"])
-def test_a_row_does_not_depend_on_its_batch(model, mode):
-    """One batch of many, one at a time, or reordered: identical text per row."""
+@pytest.mark.parametrize("mode, precision", [("window", "fp32"), ("stateful", "fp32"),
+                                             ("window", "bf16"), ("stateful", "fp16")])
+def test_a_row_does_not_depend_on_its_batch(model, mode, precision):
+    """One batch of many, one at a time, or reordered: identical text per row,
+    in every precision."""
     rng = np.random.default_rng(7)
     rows = 12
     seeds = [rng.integers(0, V, n) for n in rng.integers(1, 2 * MAXLEN, rows)]
     temperature = np.resize([0.0, 0.5, 1.0, 1.5], rows)
     rng_seeds = rng.integers(0, 2 ** 63 - 1, rows)
-    generate = Generator(weights_from_model(model), MAXLEN, mode, top_k=5, top_p=0.95)
+    generate = Generator(weights_from_model(model), MAXLEN, mode, top_k=5, top_p=0.95,
+                         precision=precision)
     ids, logp = generate(seeds, temperature, rng_seeds, 25)
     order = rng.permutation(rows)
     shuffled, shuffled_logp = generate([seeds[i] for i in order], temperature[order],
@@ -195,3 +198,20 @@ def test_a_row_does_not_depend_on_its_batch(model, mode):
         np.testing.assert_array_equal(one[0], ids[i])
         assert one_logp[0] == pytest.approx(logp[i], abs=1e-12)
     assert len({tuple(r) for r in ids[temperature > 0]}) == int((temperature > 0).sum())
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_generates_as_the_keras_policy_computes(model, precision):
+    """The generator's log-probabilities in bf16 or fp16 are those of the Keras
+    model built under that precision's policy (rounded alike), not fp32's."""
+    context = np.random.default_rng(5).integers(0, V, (6, MAXLEN)).astype(np.int32)
+    config = TrainConfig(units=32, maxlen=MAXLEN, precision=precision)
+    reduced = build_model(config, V)
+    reduced.set_weights(model.get_weights())
+    keras = {p: np.log(m.predict(context, verbose=0).max(-1)) for p, m in
+             (("fp32", model), (precision, reduced))}
+    for p in ("fp32", precision):
+        generate = Generator(weights_from_model(model), MAXLEN, precision=p)
+        _, logp = generate(list(context), np.zeros(6), np.arange(6), 1)  # greedy: the argmax's
+        np.testing.assert_allclose(logp, keras[p], atol=2e-3 if p == "fp32" else 2e-2)
+    assert np.abs(keras[precision] - keras["fp32"]).max() > 1e-4  # it computed in `precision`

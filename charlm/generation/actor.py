@@ -25,6 +25,7 @@ SCHEMA = pa.schema([
     ("context_mode", pa.string()),
     ("top_k", pa.int64()),
     ("top_p", pa.float64()),
+    ("precision", pa.string()),
     ("length", pa.int64()),
     ("text", pa.string()),
     ("mean_logprob", pa.float64()),
@@ -51,7 +52,7 @@ class Generate:
     the job shares."""
 
     def __init__(self, uri: str, context_mode: str, top_k: int, top_p: float, length: int,
-                 threads: int, constants: dict, use_gpu: bool = False):
+                 threads: int, constants: dict, use_gpu: bool = False, precision: str = "fp32"):
         # Before TensorFlow's runtime starts; Ray's OMP_NUM_THREADS=1 would cap it.
         devices.set_threads(devices.generation_threads(use_gpu, threads))
         devices.check_gpu(use_gpu, "generation actor")
@@ -61,11 +62,12 @@ class Generate:
 
         weights, meta = load_weights(uri)
         self.vocab = meta["vocab"]
-        self.generator = Generator(weights, meta["config"]["maxlen"], context_mode, top_k, top_p)
+        self.generator = Generator(weights, meta["config"]["maxlen"], context_mode, top_k, top_p,
+                                   precision)
         self.generator([np.zeros(1, np.int32)], np.zeros(1), np.zeros(1, np.int64), 1)  # trace
         self.length = length
         self.constants = {**constants, "context_mode": context_mode, "top_k": top_k,
-                          "top_p": top_p}
+                          "top_p": top_p, "precision": precision}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         started = time.perf_counter()

@@ -43,6 +43,7 @@ class ExportOptions:
     context_mode: str = "window"
     top_k: int = 0
     top_p: float = 1.0
+    precision: str = "fp32"
     overwrite: bool = False
     verbose: bool = False
 
@@ -97,7 +98,7 @@ def _whole_bytes(ids: tf.RaggedTensor) -> tf.Tensor:
 
 
 def build_module(weights: Weights, meta: dict, context_mode: str, top_k: int,
-                 top_p: float) -> tf.Module:
+                 top_p: float, precision: str = "fp32") -> tf.Module:
     """The tf.Module to save."""
     import tensorflow as tf
 
@@ -113,7 +114,7 @@ def build_module(weights: Weights, meta: dict, context_mode: str, top_k: int,
     class CharLM(tf.Module):
         def __init__(self):
             super().__init__(name="charlm")
-            self.generator = Generator(weights, maxlen, context_mode, top_k, top_p)
+            self.generator = Generator(weights, maxlen, context_mode, top_k, top_p, precision)
             self.table = tf.lookup.StaticHashTable(
                 tf.lookup.KeyValueTensorInitializer(tf.constant(keys), tf.range(len(keys))),
                 default_value=-1)
@@ -174,13 +175,13 @@ def export(o: ExportOptions) -> str:
     Saved locally first, then copied into a temporary location beside the
     output and moved into place only when complete."""
     runtime.quiet(o.verbose)
-    check_sampling(o.context_mode, o.top_k, o.top_p)
+    check_sampling(o.context_mode, o.top_k, o.top_p, precision=o.precision)
     uri = checkpoint.locate(o.checkpoint)
     weights, meta = load_weights(uri)
     output = storage.normalize(o.output)
     import tensorflow as tf
 
-    module = build_module(weights, meta, o.context_mode, o.top_k, o.top_p)
+    module = build_module(weights, meta, o.context_mode, o.top_k, o.top_p, o.precision)
     with staged_output(output, o.overwrite) as (fs, tmp), \
             tempfile.TemporaryDirectory(prefix="charlm-export-") as local:
         saved = os.path.join(local, "model")
@@ -196,7 +197,8 @@ def export(o: ExportOptions) -> str:
             json.dump({"checkpoint": uri, "checkpoint_epoch": int(meta.get("epoch", 0)),
                        "corpus": (meta.get("corpus") or {}).get("name") or "",
                        "vocab": meta["vocab"], "maxlen": meta["config"]["maxlen"],
-                       "context_mode": o.context_mode, "top_k": o.top_k, "top_p": o.top_p},
+                       "context_mode": o.context_mode, "top_k": o.top_k, "top_p": o.top_p,
+                       "precision": o.precision},
                       f, indent=1)
         pafs.copy_files(saved, tmp, source_filesystem=pafs.LocalFileSystem(),
                         destination_filesystem=fs)

@@ -42,6 +42,7 @@ class GenerateOptions:
     context_mode: str = "window"
     top_k: int = 0
     top_p: float = 1.0
+    precision: str = "fp32"
     rng_seed: int = 0
     unknown_chars: str = "error"
     concurrency: int = 1
@@ -58,7 +59,7 @@ def checked_temperatures(o: GenerateOptions) -> list[float]:
     """Every option checked, before Ray starts; returns the temperatures."""
     temperatures = parse_temperatures(o.temperatures)
     check_sampling(o.context_mode, o.top_k, o.top_p, temperatures=temperatures,
-                   length=o.length, unknown_chars=o.unknown_chars)
+                   length=o.length, unknown_chars=o.unknown_chars, precision=o.precision)
     for flag, value, least in (("--samples-per-seed", o.samples_per_seed, 1),
                                ("--num-seeds", o.num_seeds, 0),
                                ("--concurrency", o.concurrency, 1),
@@ -129,7 +130,8 @@ def generate(o: GenerateOptions) -> str:
                                                  "top_k": o.top_k, "top_p": o.top_p,
                                                  "length": o.length,
                                                  "threads": cpus, "constants": constants,
-                                                 "use_gpu": o.use_gpu},
+                                                 "use_gpu": o.use_gpu,
+                                                 "precision": o.precision},
                           runtime_env=runtime.runtime_env(o.verbose))
              .write_parquet(tmp, filesystem=fs))
         except Exception as e:

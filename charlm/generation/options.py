@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+from charlm.config import check_precision
 from charlm.errors import CharlmError
 
 CONTEXT_MODES = ("window", "stateful")
@@ -31,10 +32,11 @@ def parse_temperatures(text: str) -> list[float]:
 
 def check_sampling(context_mode: str = "window", top_k: int = 0, top_p: float = 1.0, *,
                    temperatures: Iterable[float] = (), length: int = 1,
-                   unknown_chars: str = "error") -> None:
+                   unknown_chars: str = "error", precision: str = "fp32") -> None:
     """Raise a CharlmError naming the first option out of range: a known
     context mode, top-k >= 0, top-p in (0, 1], temperatures 0 (greedy) or
-    positive and finite, length >= 1, a known --unknown-chars. A job passes
+    positive and finite, length >= 1, a known --unknown-chars and
+    --precision. A job passes
     the options it has; the defaults pass."""
     if context_mode not in CONTEXT_MODES:
         raise CharlmError(f"--context-mode {context_mode!r} is unknown; "
@@ -53,3 +55,4 @@ def check_sampling(context_mode: str = "window", top_k: int = 0, top_p: float = 
     if unknown_chars not in UNKNOWN_CHARS:
         raise CharlmError(f"--unknown-chars {unknown_chars!r} is unknown; "
                           f"use {' or '.join(UNKNOWN_CHARS)}")
+    check_precision(precision)

@@ -33,6 +33,7 @@ class SampleOptions:
     context_mode: str = "window"
     top_k: int = 0
     top_p: float = 1.0
+    precision: str = "fp32"
     rng_seed: int = 0
     sample_index: int = 0
     unknown_chars: str = "error"
@@ -60,7 +61,7 @@ def prepare(o: SampleOptions) -> Request:
 
     temperature = float(o.temperature)
     check_sampling(o.context_mode, o.top_k, o.top_p, temperatures=[temperature],
-                   length=o.length, unknown_chars=o.unknown_chars)
+                   length=o.length, unknown_chars=o.unknown_chars, precision=o.precision)
     if o.sample_index < 0:
         raise CharlmError(f"--sample-index is {o.sample_index}; it must be at least 0")
     uri = checkpoint.locate(o.checkpoint)
@@ -75,7 +76,7 @@ def prepare(o: SampleOptions) -> Request:
 
     from charlm.model.generator import Generator
 
-    generator = Generator(weights, config.maxlen, o.context_mode, o.top_k, o.top_p)
+    generator = Generator(weights, config.maxlen, o.context_mode, o.top_k, o.top_p, o.precision)
     ids = generator.stream(np.asarray(encode(prime, meta["vocab"]), np.int32), temperature,
                            seed, o.length)
     return Request(prime, seed, decode_stream((i for i, _ in ids), meta["vocab"]))

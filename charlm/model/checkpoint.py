@@ -3,16 +3,19 @@
 
 A checkpoint is a directory holding `charlm.json` (format, vocabulary,
 training config, epoch, corpus used, metrics) and a TensorFlow object
-checkpoint `state.*` with four slots:
+checkpoint `state.*` with these slots:
 
 - `weights`: the weights generation and --init-from read, by layer
   (`lstm_<i>/{kernel, recurrent_kernel, bias}`, `next_char/{kernel, bias}`):
   the moving average with --weight-average, else the weights as trained;
-- `model`: the Keras model, its weights as trained;
-- `optimizer`: its slots and step;
+- `trained`: the weights as trained, laid out the same way;
+- `optimizer`: its slots and step, and under --precision fp16 the dynamic
+  loss scale;
 - `rng`: each dropout layer's generator state.
 
-A resume restores all four; everything else reads `weights` alone. Runs live
+A resume restores them all (a run that moves to fp16 starts a fresh loss
+scale); everything else reads `weights` alone. Weights are float32 under
+every --precision, so checkpoints move freely between precisions. Runs live
 under `<storage_path>/<name>/`, one `checkpoint_epoch_NNNN` directory per
 epoch that Ray Train keeps (trainer: --keep-checkpoints).
 """
@@ -37,7 +40,7 @@ if TYPE_CHECKING:  # TensorFlow is imported where a model is, never to read char
 
     from charlm.model.network import CharLM
 
-FORMAT = 2  # charlm.json's "format": the slots above
+FORMAT = 3  # charlm.json's "format": the slots above
 META = "charlm.json"
 STATE = "state"
 
@@ -58,10 +61,17 @@ def weights_slot(lstm: Sequence[Sequence[tf.Variable]],
 def _slots(model: CharLM) -> dict:
     import tensorflow as tf
 
-    from charlm.model.network import dropout_generators, published_weights
+    from charlm.model.network import (
+        dropout_generators,
+        inner_optimizer,
+        layer_weights,
+        published_weights,
+    )
 
-    return {"weights": weights_slot(*published_weights(model)), "model": model,
-            "optimizer": model.optimizer,
+    # fp16's LossScaleOptimizer tracks its loss scale on the inner optimizer.
+    return {"weights": weights_slot(*published_weights(model)),
+            "trained": weights_slot(*layer_weights(model)),
+            "optimizer": inner_optimizer(model.optimizer),
             "rng": tf.train.Checkpoint(**dropout_generators(model))}
 
 
@@ -91,9 +101,23 @@ def restore(directory: str, model: CharLM) -> None:
     training step, from files that may be gone by then (Ray Train's local
     copy of a checkpoint on object storage is deleted when its
     as_directory() closes)."""
+    import tensorflow as tf
+
+    from charlm.model.network import inner_optimizer, loss_scaler
+
     with model.distribute_strategy.scope():
-        model.optimizer.build(model.trainable_variables)
-    read_slots(os.path.join(directory, STATE), **_slots(model))
+        inner_optimizer(model.optimizer).build(model.trainable_variables)
+    prefix = os.path.join(directory, STATE)
+    slots = _slots(model)
+    saved = [name for name, _ in tf.train.list_variables(prefix)]
+    if loss_scaler(model.optimizer) is not None and not any(
+            name.startswith("optimizer/loss_scale/") for name in saved):
+        # Saved under another precision: all but the new loss scale must match.
+        optimizer = slots.pop("optimizer")
+        read_slots(prefix, **slots)
+        tf.train.Checkpoint(optimizer=optimizer).read(prefix).expect_partial()
+        return
+    read_slots(prefix, **slots)
 
 
 def read_meta(uri: str) -> dict:

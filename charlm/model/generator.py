@@ -1,15 +1,19 @@
 """Generation kernels: a whole batch of requests, every character of them, in
 one compiled TensorFlow call.
 
-The seed calls `model.predict` once per character (~20 characters/s). Here
-the loop over characters runs inside a `tf.function` (a graph while-loop)
-over a batch of rows, on an LSTM cell rebuilt from the checkpoint's weights
-(the one-hot input times the kernel is a row gather).
+The seed calls `model.predict` once per character. Here the loop over
+characters runs inside a `tf.function` (a graph while-loop) over a batch of
+rows, on an LSTM cell rebuilt from the checkpoint's weights (the one-hot
+input times the kernel is a row gather).
 
 Every row draws from its own stream of stateless uniforms, keyed by its RNG
 seed, one uniform per character: a row's text never depends on which batch
 it ran in (a batched `stateless_categorical` would make row i's draw depend
 on the batch shape).
+
+A precision (config.PRECISIONS) sets the dtype of the LSTM stack's matmuls,
+gates and state, as training's policy does; the output layer runs in
+float32, the log-softmax and the draw in float64 whatever the precision.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from charlm.config import TrainConfig
+from charlm.config import COMPUTE_DTYPES, TrainConfig
 
 PAD = -1  # left padding of short contexts: a step that leaves the state untouched
 
@@ -103,7 +107,7 @@ def _kept(scaled: tf.Tensor, k: int, top_p: float) -> tf.Tensor:
 
 
 class Generator:
-    """Both context modes over one set of weights.
+    """Both context modes over one set of weights, in one precision.
 
     window: the seed's semantics: the last maxlen characters re-run from a
     zero state for every character. stateful: the state is carried forward,
@@ -113,16 +117,22 @@ class Generator:
     `run` (carry, n uniforms → n characters, carry). A job runs every
     character in one `run` call; the quick sampler calls it once per character
     to stream them. Both execute the same graph, so they give the same text.
+
+    `precision` rounds the LSTM weights to its compute dtype once, here; the
+    state (stateful mode's carry) is kept in that dtype too.
     """
 
     def __init__(self, weights: Weights, maxlen: int, context_mode: str = "window",
-                 top_k: int = 0, top_p: float = 1.0):
-        self.weights, self.maxlen, self.top_k, self.top_p = weights, maxlen, top_k, top_p
-        self.context_mode = context_mode
+                 top_k: int = 0, top_p: float = 1.0, precision: str = "fp32"):
+        self.maxlen, self.top_k, self.top_p = maxlen, top_k, top_p
+        self.context_mode, self.precision = context_mode, precision
+        self.dtype = tf.as_dtype(COMPUTE_DTYPES[precision])
+        self.weights = Weights(lstm=tuple(tuple(tf.cast(w, self.dtype) for w in layer)
+                                          for layer in weights.lstm), dense=weights.dense)
         width = maxlen if context_mode == "window" else None
         units = [rec.shape[0] for _, rec, _ in weights.lstm for _ in range(2)]
         carry = ((tf.TensorSpec([None, width], tf.int32),) if context_mode == "window" else
-                 tuple(tf.TensorSpec([None, u], tf.float32) for u in units))
+                 tuple(tf.TensorSpec([None, u], self.dtype) for u in units))
         self.start = tf.function(self._start, input_signature=[
             tf.TensorSpec([None, width], tf.int32),  # context
             tf.TensorSpec([None, 2], tf.int64),  # RNG seeds, split
@@ -167,7 +177,7 @@ class Generator:
     # -- graph pieces ------------------------------------------------------
 
     def _zero_state(self, rows: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        return tuple(tf.zeros([rows, rec.shape[0]]) for _, rec, _ in self.weights.lstm
+        return tuple(tf.zeros([rows, rec.shape[0]], self.dtype) for _, rec, _ in self.weights.lstm
                      for _ in range(2))
 
     def _step(self, ids: tf.Tensor, state: tuple[tf.Tensor, ...]) -> tuple[tf.Tensor, ...]:
@@ -187,9 +197,11 @@ class Generator:
         return tuple(new)
 
     def _logp(self, state: tuple[tf.Tensor, ...]) -> tf.Tensor:
-        # float64: float32 log_softmax rounds a row differently with the batch's size.
+        # The output layer in float32, as in training; float64 after it: a
+        # float32 log_softmax rounds a row differently with the batch's size.
         kernel, bias = self.weights.dense
-        return tf.nn.log_softmax(tf.cast(state[-2] @ kernel + bias, tf.float64))
+        h = tf.cast(state[-2], tf.float32)
+        return tf.nn.log_softmax(tf.cast(h @ kernel + bias, tf.float64))
 
     def _start(self, context, seeds, length):
         """The carry after the seed, and [rows, length] uniforms, row r from its

@@ -5,6 +5,11 @@ windows × maxlen bytes, never × vocabulary. The LSTM keeps Keras defaults
 (tanh, sigmoid recurrence, no recurrent dropout, not unrolled, bias on) so that
 TensorFlow runs it with the cuDNN kernel on a GPU; dropout is applied to each
 LSTM layer's output instead.
+
+--precision sets each layer's Keras mixed-precision policy (never the
+process's global one): the one-hot input, the LSTM stack and dropout compute
+in bfloat16 or float16, their weights stay float32, and the output layer, its
+softmax and the loss run in float32. fp16 scales the loss (compile_model).
 """
 
 from __future__ import annotations
@@ -16,19 +21,20 @@ import numpy as np
 import tensorflow as tf
 
 from charlm import devices, internals
-from charlm.config import TrainConfig
+from charlm.config import PRECISIONS, TrainConfig
 
 
 @tf.keras.utils.register_keras_serializable(package="charlm")
 class OneHot(tf.keras.layers.Layer):
-    """Integer ids → one-hot floats; a real layer, not a Lambda, so saved models load safely."""
+    """Integer ids → one-hot floats in the layer's compute dtype; a real layer,
+    not a Lambda, so saved models load safely."""
 
     def __init__(self, depth: int, **kwargs):
         super().__init__(**kwargs)
         self.depth = depth
 
     def call(self, ids):
-        return tf.one_hot(tf.cast(ids, tf.int32), self.depth)
+        return tf.one_hot(tf.cast(ids, tf.int32), self.depth, dtype=self.compute_dtype)
 
     def get_config(self):
         return {**super().get_config(), "depth": self.depth}
@@ -46,6 +52,10 @@ class CharLM(tf.keras.Model):
 
     With `weight_average` set (compile_model), every optimizer step is
     followed, in the same graph, by an update of the average.
+
+    Under fp16 the optimizer is a LossScaleOptimizer: Keras's own step scales
+    the loss through it, and the sliced step scales each slice's loss and
+    unscales its gradients the same way.
     """
 
     # Class attributes, so that Keras does not track what is assigned to them.
@@ -67,6 +77,7 @@ class CharLM(tf.keras.Model):
     def _sliced_step(self, x, y, size: int):
         n = -(-size // self.micro_batch)
         sizes = [size // n + (i < size % n) for i in range(n)]
+        scaler = loss_scaler(self.optimizer)
         grads = None
         for xi, yi in zip(tf.split(x, sizes), tf.split(y, sizes), strict=True):
             if grads is not None:
@@ -77,8 +88,13 @@ class CharLM(tf.keras.Model):
             with tf.GradientTape() as tape:
                 probs = self(xi, training=True)
                 loss = self.compute_loss(xi, yi, probs)  # also feeds the loss mean
+                if scaler is not None:
+                    loss = scaler.get_scaled_loss(loss)
+            computed = tape.gradient(loss, self.trainable_variables)
+            if scaler is not None:
+                computed = scaler.get_unscaled_gradients(computed)
             share = xi.shape[0] / size
-            sliced = [share * g for g in tape.gradient(loss, self.trainable_variables)]
+            sliced = [share * g for g in computed]
             grads = sliced if grads is None else [a + b for a, b in zip(grads, sliced, strict=True)]
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables, strict=True))
         return self.get_metrics_result()
@@ -123,26 +139,30 @@ class WeightAverage:
             average.assign(value)
 
 
-def build_model(config: TrainConfig, vocab_size: int,
-                sequences: bool | None = None) -> CharLM:
+def build_model(config: TrainConfig, vocab_size: int, sequences: bool | None = None,
+                precision: str | None = None) -> CharLM:
     """`sequences` (default: objective == "all") returns a prediction at every
-    position; the weights are the same either way, so checkpoints move freely
-    between the two objectives, scoring and generation."""
+    position; `precision` (default: config.precision) is the policy of every
+    layer but the float32 output layer. The variables are the same either
+    way, so checkpoints move freely between the two objectives, the
+    precisions, scoring and generation."""
     if sequences is None:
         sequences = config.objective == "all"
+    policy = tf.keras.mixed_precision.Policy(PRECISIONS[precision or config.precision])
     ids = tf.keras.Input(shape=(None,), dtype=tf.int32, name="ids")
-    x = OneHot(vocab_size, name="one_hot")(ids)
+    x = OneHot(vocab_size, name="one_hot", dtype=policy)(ids)
     for i in range(config.layers):
         last_layer = i == config.layers - 1
         x = tf.keras.layers.LSTM(config.units, return_sequences=sequences or not last_layer,
-                                 name=f"lstm_{i}")(x)
+                                 name=f"lstm_{i}", dtype=policy)(x)
         if config.dropout:
             # A tf.random.Generator ("stateful"), seeded by set_random_seed,
             # whose state checkpoints save (dropout_generators): a resumed run
             # draws the masks the uninterrupted run would have.
             x = tf.keras.layers.Dropout(config.dropout, rng_type="stateful",
-                                        name=f"dropout_{i}")(x)
-    probs = tf.keras.layers.Dense(vocab_size, activation="softmax", name="next_char")(x)
+                                        name=f"dropout_{i}", dtype=policy)(x)
+    probs = tf.keras.layers.Dense(vocab_size, activation="softmax", name="next_char",
+                                  dtype="float32")(x)
     return CharLM(ids, probs, name="charlm")
 
 
@@ -211,17 +231,34 @@ def compile_model(model: CharLM, config: TrainConfig, total_steps: int = 1) -> N
     all-reduced the gradients across workers and after CharLM.train_step has
     summed its slices, so `global_clipnorm` clips the whole step's gradient.
     Batches are sliced on CPU workers only. With --weight-average, the
-    average starts from the model's weights as they are now."""
+    average starts from the model's weights as they are now. Under fp16 the
+    optimizer is wrapped in a dynamic LossScaleOptimizer (it skips a step
+    whose gradients overflow, and lowers the scale)."""
     model.micro_batch = None if config.use_gpu else config.micro_batch
     with model.distribute_strategy.scope():
         optimizer = {"rmsprop": tf.keras.optimizers.RMSprop, "adam": tf.keras.optimizers.Adam}[
             config.optimizer](learning_rate=learning_rate(config, total_steps),
                               clipnorm=config.clipnorm, global_clipnorm=config.global_clipnorm)
+        if config.precision == "fp16":
+            optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
     model.compile(optimizer=optimizer, loss=tf.keras.losses.SparseCategoricalCrossentropy(),
                   steps_per_execution=devices.steps_per_execution(config.use_gpu,
                                                                   config.num_workers))
     model.weight_average = (WeightAverage(model, config.weight_average)
                             if config.weight_average else None)
+
+
+def loss_scaler(optimizer) -> tf.keras.mixed_precision.LossScaleOptimizer | None:
+    """The optimizer if it scales the loss (fp16), else None."""
+    return (optimizer if isinstance(optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
+            else None)
+
+
+def inner_optimizer(optimizer) -> tf.keras.optimizers.Optimizer:
+    """The optimizer that keeps the slots and the step: a LossScaleOptimizer's
+    inner one, else the optimizer itself. Checkpoints save this one."""
+    scaler = loss_scaler(optimizer)
+    return optimizer if scaler is None else scaler.inner_optimizer
 
 
 # Held-out scoring batch: larger ones add to a training worker's peak memory.
