@@ -183,11 +183,13 @@ def ray_cluster(head_cpus: int, workers: list[tuple[int, int]] = (),
 
 
 def submit(cluster: Cluster, submission_id: str, *pipeline_args: str, module: str = "pipeline",
-           wait: bool = True) -> tuple[str, str]:
-    """`ray job submit --working-dir .` as a user runs it. With `wait`, returns
-    the final status (succeeded, failed or stopped) and the job's logs."""
+           wait: bool = True, env_vars: dict[str, str] | None = None) -> tuple[str, str]:
+    """`ray job submit --working-dir .` as a user runs it, `env_vars` set for
+    the job. With `wait`, returns the final status (succeeded, failed or
+    stopped) and the job's logs."""
+    runtime_env = {"excludes": EXCLUDES, **({"env_vars": env_vars} if env_vars else {})}
     cmd = ["job", "submit", "--address", cluster.address, "--submission-id", submission_id,
-           "--working-dir", ".", "--runtime-env-json", json.dumps({"excludes": EXCLUDES}),
+           "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env),
            *([] if wait else ["--no-wait"]), "--", "python", "-m", f"jobs.{module}",
            *pipeline_args]
     try:

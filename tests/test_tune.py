@@ -1,12 +1,14 @@
-"""jobs.tune end to end: a sweep of real charlm runs on Ray Tune, Ctrl-C'd
-after its first trial ends and resumed; bad input; and a sweep submitted to
-the local multi-node cluster, whose ASHA stops a bad trial and whose table
-lands on S3."""
+"""jobs.tune end to end: a sweep of real charlm runs on Ray Tune, its
+storage on S3, Ctrl-C'd here after its first trial ends, then resumed by
+the same command submitted to the local multi-node cluster (`ray job
+submit`), which ends it and writes its table to S3; bad input; and what a
+diverged trial reports."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import signal
 import threading
@@ -15,8 +17,10 @@ import time
 import pandas as pd
 import pyarrow.fs as pafs
 import pytest
+import ray
 from raycluster import BUCKET, Cluster, environ, printed, submit
 
+from charlm.tuning import sweep as sweeps
 from charlm.tuning import table
 from jobs import report as report_job
 from jobs import tune as job
@@ -26,13 +30,17 @@ TINY = ["--units", "16", "--maxlen", "32", "--step", "32", "--batch-size", "32",
 # Four trials, two at a time, every one seeded alike and run to its end
 # (fifo). The first pair: an absurd rate, whose loss is no longer finite
 # after its first epoch, beside a good one with most of its epochs to go
-# when the absurd one fails (these epochs last half a second); that good one,
-# Ctrl-C'd and resumed, must end as its twin (the same rate again) ends,
-# trained straight in the second pair.
-EPOCHS = 15
+# when the absurd one has failed and Tune has stopped on Ctrl-C (these
+# epochs last a fifth of a second; the absurd run's end and Tune's stop
+# take a few seconds); that good one, resumed, must end as its twin (the
+# same rate again) ends, trained straight in the second pair.
+EPOCHS = 30
+SWEEPS = f"s3://{BUCKET}/sweeps"
 SWEEP = [*TINY, "--epochs", str(EPOCHS), "--search", "learning-rate=grid:1e38,0.01,0.01,0.02",
          "--search", "seed=grid:7", "--scheduler", "fifo", "--max-concurrent", "2",
-         "--name", "rates"]
+         "--storage-path", SWEEPS, "--name", "rates"]
+DIVERGED = ("training loss is nan at epoch 1; lower --learning-rate",
+            "training loss is inf at epoch 1; lower --learning-rate")
 
 
 def run_job(*argv: str) -> tuple[int, str, str]:
@@ -48,15 +56,20 @@ def run_job(*argv: str) -> tuple[int, str, str]:
 
 
 def interrupt_when_a_trial_ends(sweep_dir: str) -> threading.Thread:
-    """Ctrl-C, as a user presses it, once the table shows an ended trial."""
+    """Ctrl-C, as a user presses it, once the table shows an ended trial and
+    a running one whose run has kept a checkpoint."""
+    def kept(row: dict) -> bool:
+        return row["status"] == "running" and table.run_summary(row["run"])["checkpoint"]
+
     def watch() -> None:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             try:
                 rows = table.read_table(sweep_dir)
-            except (OSError, ValueError):  # not written yet
-                rows = []
-            if any(r["status"] in table.ENDED for r in rows):
+                ready = any(r["status"] in table.ENDED for r in rows) and any(map(kept, rows))
+            except (OSError, ValueError):  # not written yet, or being written
+                ready = False
+            if ready:
                 os.kill(os.getpid(), signal.SIGINT)
                 return
             time.sleep(0.2)
@@ -66,19 +79,44 @@ def interrupt_when_a_trial_ends(sweep_dir: str) -> threading.Thread:
     return thread
 
 
+def drivers_stopped(timeout: float = 120) -> None:
+    """Until no trial's driver is left in this process's Ray: a Ctrl-C'd
+    trial's run stops once its driver sees the trial gone."""
+    deadline = time.monotonic() + timeout
+    while any(a["namespace"] == sweeps.DRIVERS
+              for a in ray.util.list_named_actors(all_namespaces=True)):
+        assert time.monotonic() < deadline, "a trial's driver outlived the sweep"
+        time.sleep(0.2)
+
+
+def size(uri: str) -> int:
+    fs, path = pafs.FileSystem.from_uri(uri)
+    return fs.get_file_info(path).size
+
+
 @pytest.fixture(scope="module")
-def sweep(ray_local, corpus: str, tmp_path_factory) -> dict:
-    """The sweep, interrupted after its first trial ends, then resumed."""
-    storage = str(tmp_path_factory.mktemp("sweeps"))
-    argv = [*SWEEP, "--corpus", corpus, "--storage-path", storage]
-    sweep_dir = os.path.join(storage, "rates")
-    watcher = interrupt_when_a_trial_ends(sweep_dir)
-    first = run_job(*argv)
-    watcher.join()
-    at_interrupt = pd.DataFrame(table.read_table(sweep_dir))
-    second = run_job(*argv)
+def sweep(ray_local, multinode: Cluster, s3_env: dict[str, str], corpus: str) -> dict:
+    """The sweep, started in this process (its own Ray), Ctrl-C'd after its
+    first trial ends, then resumed by the same command submitted to the
+    cluster; its table and runs read back from S3."""
+    argv = [*SWEEP, "--corpus", corpus]
+    sweep_dir = f"{SWEEPS}/rates"
+    with environ(s3_env):  # pandas and pyarrow read s3:// in this process
+        watcher = interrupt_when_a_trial_ends(sweep_dir)
+        first = run_job(*argv)
+        watcher.join()
+        at_interrupt = pd.DataFrame(table.read_table(sweep_dir))
+        drivers_stopped()
+        # The poll interval conftest gives this process's Ray Train; the
+        # cluster's default, 2 s, would add 2 s to each trial's every epoch.
+        poll = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+        second = submit(multinode, "tune-resumed", *argv, module="tune",
+                        env_vars={poll: os.environ[poll]})
+        frame = pd.read_parquet(f"{sweep_dir}/{table.TABLE}")
+        histories = {run: pd.read_parquet(f"{run}/history.parquet") for run in frame["run"]}
+        chart = size(f"{sweep_dir}/{table.CHART}")
     return {"dir": sweep_dir, "first": first, "second": second, "at_interrupt": at_interrupt,
-            "table": pd.read_parquet(os.path.join(sweep_dir, table.TABLE))}
+            "table": frame, "histories": histories, "chart": chart}
 
 
 def test_interrupted_sweep_says_how_to_resume(sweep: dict) -> None:
@@ -91,22 +129,23 @@ def test_interrupted_sweep_says_how_to_resume(sweep: dict) -> None:
     assert rows.iloc[1]["status"] == "unfinished" and 1 <= rows.iloc[1]["epoch"] < EPOCHS
 
 
-def test_resumed_sweep_has_every_trial_and_pandas_picks_the_best(sweep: dict) -> None:
-    status, out, err = sweep["second"]
-    assert status == 0, (out, err)
-    assert out.startswith(f"resuming sweep {sweep['dir']}: 1 of 4 trial(s) ended"), out
+def test_sweep_resumed_on_a_cluster_has_every_trial_on_s3_and_pandas_picks_the_best(
+        sweep: dict) -> None:
+    status, log = sweep["second"]
+    assert status == "succeeded", log[-5000:]
+    assert f"resuming sweep {sweep['dir']}: 1 of 4 trial(s) ended" in log, log[-5000:]
+    assert printed(log, "table") == f"{sweep['dir']}/{table.TABLE}"
+    assert printed(log, "chart") == f"{sweep['dir']}/{table.CHART}" and sweep["chart"] > 0
     frame = sweep["table"]
     assert len(frame) == 4 and frame["trial"].is_unique and set(frame["seed"]) == {7}
     absurd = frame.iloc[0]
     assert absurd["status"] == table.FAILED and pd.isna(absurd["checkpoint"])
-    assert absurd["error"].startswith(("training loss is nan at epoch 1; lower --learning-rate",
-                                       "training loss is inf at epoch 1; lower --learning-rate"))
+    assert absurd["error"].startswith(DIVERGED) and absurd["epoch"] == 1
     assert list(frame["status"][1:]) == [table.FINISHED] * 3
     assert list(frame["epoch"][1:]) == [EPOCHS] * 3
     best = frame.loc[frame["best_val_loss"].idxmin()]
-    assert out.rstrip().endswith(f"best checkpoint: {best['checkpoint']}")
-    assert best["checkpoint"].startswith(os.path.join(sweep["dir"], best["trial"]) + os.sep)
-    assert os.path.getsize(os.path.join(sweep["dir"], table.CHART)) > 0
+    assert printed(log, "best checkpoint") == best["checkpoint"]
+    assert best["checkpoint"].startswith(f"{sweep['dir']}/{best['trial']}/checkpoint_")
 
 
 def test_resumed_sweep_keeps_ended_trials_and_resumed_ones_equal_straight_ones(
@@ -116,20 +155,20 @@ def test_resumed_sweep_keeps_ended_trials_and_resumed_ones_equal_straight_ones(
     ended = before[before["status"].isin(table.ENDED)].index
     pd.testing.assert_frame_equal(before.loc[ended], after.loc[ended], check_dtype=False)
 
-    resumed, straight = (pd.read_parquet(os.path.join(run, "history.parquet"))
-                         for run in sweep["table"]["run"][1:3])
+    resumed, straight = (sweep["histories"][run] for run in sweep["table"]["run"][1:3])
     assert list(resumed["epoch"]) == list(range(1, EPOCHS + 1))
     assert list(resumed["step"]) == list(range(2, 2 * EPOCHS + 1, 2))
     assert resumed["val_loss"].tolist() == pytest.approx(straight["val_loss"].tolist(), abs=1e-6)
     assert resumed["loss"].tolist() == pytest.approx(straight["loss"].tolist(), abs=1e-6)
 
 
-def test_runs_of_a_sweep_side_by_side(sweep: dict, capsys) -> None:
-    report_job.main(["--runs", sweep["dir"]])
-    out = capsys.readouterr().out
-    for trial in sweep["table"]["trial"]:
-        assert trial in out
-    assert os.path.getsize(printed(out, "chart")) > 0
+def test_runs_of_a_sweep_side_by_side(sweep: dict, s3_env: dict[str, str], capsys) -> None:
+    with environ(s3_env):
+        report_job.main(["--runs", sweep["dir"]])
+        out = capsys.readouterr().out
+        for trial in sweep["table"]["trial"]:
+            assert trial in out
+        assert size(printed(out, "chart")) > 0
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -149,29 +188,20 @@ def test_bad_input_is_one_line_before_any_trial(flags: list[str], message: str, 
     assert not storage.exists()
 
 
-# -- the session's multi-node cluster (conftest.multinode), S3 the only storage --------
+def test_a_diverged_epoch_reaches_tune_with_its_runs_error() -> None:
+    """Tune's scheduler never sees a diverged epoch without the error that
+    fails its trial (sweep.TrialReports)."""
+    reported: list[dict] = []
+    reports = sweeps.TrialReports(reported.append)
+    reports.epoch({"epoch": 1, "loss": 3.2, "val_loss": 3.1})
+    reports.epoch({"epoch": 2, "loss": math.nan, "val_loss": math.inf})
+    assert reported == [{"epoch": 1, "loss": 3.2, "val_loss": 3.1}]
+    reports.end("training loss is nan at epoch 2; lower --learning-rate or set --clipnorm")
+    assert len(reported) == 2 and math.isnan(reported[1].pop("loss"))
+    assert reported[1] == {"epoch": 2, "val_loss": math.inf, "failed": "training loss is nan "
+                           "at epoch 2; lower --learning-rate or set --clipnorm"}
 
-SWEEPS = f"s3://{BUCKET}/sweeps"
-
-
-def test_sweep_submitted_to_a_cluster_stops_a_bad_trial_and_writes_to_s3(
-        multinode: Cluster, s3_env: dict[str, str], corpus: str) -> None:
-    """One trial at a time, so that ASHA has the good trial's first epoch to
-    compare the bad one's against; epochs enough that the bad one's run is
-    stopped before its end (Tune stops a trial an epoch or two after its
-    decision, and these epochs last a second)."""
-    status, log = submit(multinode, "tune-s3", "--corpus", corpus, *TINY, "--epochs", "20",
-                         "--search", "learning-rate=grid:0.01,10", "--max-concurrent", "1",
-                         "--storage-path", SWEEPS, "--name", "on-cluster", module="tune")
-    assert status == "succeeded", log[-5000:]
-    assert printed(log, "table") == f"{SWEEPS}/on-cluster/{table.TABLE}"
-    with environ(s3_env):  # pandas and pyarrow read s3:// in this process
-        frame = pd.read_parquet(printed(log, "table"))
-        fs, chart = pafs.FileSystem.from_uri(printed(log, "chart"))
-        assert fs.get_file_info(chart).size > 0
-    good, bad = frame.iloc[0], frame.iloc[1]
-    assert (good["learning_rate"], good["status"], good["epoch"]) == (0.01, table.FINISHED, 20)
-    assert (bad["learning_rate"], bad["status"]) == (10, table.STOPPED) and bad["epoch"] < 20
-    assert frame["seed"].is_unique  # each trial's own, drawn from the sweep's
-    assert printed(log, "best checkpoint") == good["checkpoint"]
-    assert good["checkpoint"].startswith(f"{SWEEPS}/on-cluster/{good['trial']}/checkpoint_")
+    reported.clear()  # a run that failed before its first epoch
+    sweeps.TrialReports(reported.append).end("no room")
+    assert len(reported) == 1 and reported[0]["failed"] == "no room"
+    assert math.isnan(reported[0]["val_loss"])

@@ -19,7 +19,8 @@ corpus's parts, Ray Data) do not fit: so the trial runs the driver in an
 actor of its own outside that group (TrialDriver).
 
 A trial's run is named after its Tune trial id, stable across a resume, so
-a resumed trial continues from its own latest checkpoint.
+a resumed trial continues from its own latest checkpoint; so is its driver,
+so that the run resumes only once the earlier session's driver has stopped it.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ SEEDS = 2**31 - 1  # each trial's --seed is drawn below this from the sweep's --
 TRIAL_RESOURCES = {"memory": 1}
 WATCH_S = 0.5  # how often a trial's driver checks that its trial is still there
 ABORT_S = 60.0  # how long it then gives its run to stop before it ends regardless
+DRIVERS = "charlm-sweeps"  # the Ray namespace of the trials' drivers, named by trial
 
 
 @dataclass
@@ -295,34 +297,87 @@ def run_trial(params: dict, setup: TrialSetup) -> None:
     """Tune's function: the trial's run, trained to its end or until Tune
     stops it. Each epoch's report reaches Tune as the run makes it; a failed
     run reports its one line (`failed`), so that the sweep records it and
-    goes on."""
+    goes on (TrialReports)."""
     from ray.util.queue import Empty, Queue
 
-    config = setup.config(params, tune.get_context().get_trial_id())
+    trial_id = tune.get_context().get_trial_id()
+    config = setup.config(params, trial_id)
     reports = Queue(actor_options={"num_cpus": 0})
-    driver = TrialDriver.options(lifetime="detached", scheduling_strategy="DEFAULT").remote(
-        reports)
+    driver = _start_driver(f"{setup.sweep_dir} {trial_id}", reports)
     done = driver.run.remote(config)
+    out = TrialReports(tune.report)
     try:
         while True:
             try:
-                tune.report(reports.get(timeout=0.5))
+                out.epoch(reports.get(timeout=0.5))
             except Empty:
                 if ray.wait([done], timeout=0)[0]:
                     break
         while not reports.empty():  # the last epochs, put before the run returned
-            tune.report(reports.get(block=False))
+            out.epoch(reports.get(block=False))
     except BaseException:  # Tune stopped the trial: its driver stops the run now
         reports.shutdown(force=True)
         raise
     try:
         ray.get(done)
+        failed = None
     except Exception as e:  # any failure of the run: the trial's outcome, not the sweep's
-        # With the metric Tune requires of every result, but no epoch: the
-        # scheduler passes over it.
-        tune.report({"failed": failure_line(e), "val_loss": math.nan})
+        failed = failure_line(e)
     finally:
         ray.kill(driver)
+    out.end(failed)
+
+
+class TrialReports:
+    """What a trial reports to Tune, in order: each epoch's report as its
+    run makes it, then, if the run failed, its one line (`failed`).
+
+    An epoch whose training loss is not finite is a diverged run's last:
+    charlm stops the run there and fails it with one line
+    (charlm.training.stopping). That epoch's report is held, and reaches
+    Tune with the line once the run has failed: reported alone, its
+    val_loss (the worst) could have ASHA stop the trial first, and the sweep
+    would record it stopped early, without its error, or failed, as the two
+    raced."""
+
+    def __init__(self, report):
+        self.report, self.held = report, None
+
+    def epoch(self, metrics: dict) -> None:
+        loss = metrics.get("loss")
+        if loss is not None and not math.isfinite(loss):
+            self.held = metrics
+        else:
+            self.report(metrics)
+
+    def end(self, failed: str | None) -> None:
+        """The run's end: `failed` is its line, None if it succeeded."""
+        if failed is not None:
+            # With the metric Tune requires of every result: a run that
+            # failed before its first epoch has none, and the scheduler
+            # passes over it.
+            self.report({**(self.held or {"val_loss": math.nan}), "failed": failed})
+        elif self.held is not None:
+            self.report(self.held)
+
+
+def _start_driver(name: str, reports):
+    """The trial's TrialDriver, named after the trial: a resumed trial's run
+    starts once the driver of its earlier session's run has stopped that
+    run (within ABORT_S of that session's end), never beside it: both would
+    write the run's checkpoints."""
+    deadline = time.monotonic() + ABORT_S + 30
+    while True:
+        try:
+            return TrialDriver.options(name=name, namespace=DRIVERS, lifetime="detached",
+                                       scheduling_strategy="DEFAULT").remote(reports)
+        except ValueError:  # the name is taken: that earlier driver is still stopping
+            if time.monotonic() > deadline:
+                raise CharlmError(
+                    f"the trial's run is still training in another session of this sweep "
+                    f"(Ray actor {name!r}, namespace {DRIVERS}); stop that session, then "
+                    "rerun this one") from None
+            time.sleep(0.2)
 
 
 class Forward(ray.train.UserCallback):
@@ -351,13 +406,20 @@ class TrialDriver:
     its workers' placement group behind. So the driver is detached, owned by
     no trial: once its trial is gone (its queue with it), it interrupts the
     run as Ctrl-C does, Ray Train stops its workers and frees their
-    resources, and the driver ends itself."""
+    resources, and the driver ends itself (at once if the run never
+    started). It is named after its trial (_start_driver)."""
 
     def __init__(self, reports):
         self.reports, self.finished = reports, threading.Event()
+        self.lock = threading.Lock()
+        self.started = self.gone = False
         threading.Thread(target=self._watch, daemon=True).start()
 
     def run(self, config: TrainConfig) -> str:
+        with self.lock:
+            if self.gone:  # the trial ended before its run could start
+                raise CharlmError("the trial was stopped")
+            self.started = True
         runtime.quiet(config.verbose)
         from charlm.training.trainer import train
 
@@ -371,7 +433,10 @@ class TrialDriver:
     def _watch(self) -> None:
         while self._trial_alive():
             time.sleep(WATCH_S)
-        if not self.finished.is_set():
+        with self.lock:
+            self.gone = True
+            started = self.started
+        if started and not self.finished.is_set():
             _thread.interrupt_main()  # Ray Train's own Ctrl-C handler aborts the run
             self.finished.wait(ABORT_S)
         ray.kill(ray.get_runtime_context().current_actor)
@@ -435,7 +500,8 @@ class TrialLog(tune.Callback):
                                              "wall_s": row["wall_s"]}
         self._write(trials)
         table.draw(self.trial_setup.sweep_dir, {
-            self._label(row): table.history(row["run"]) for row in self.rows.values()})
+            self._label(row): table.history(row["run"])
+            for row in (self.rows[tid] for tid in sorted(self.rows))})
 
     def _end(self, trials: list, trial, failed: str | None) -> None:
         tid = trial.trial_id
@@ -463,7 +529,10 @@ class TrialLog(tune.Callback):
                 self.ended.add(tid)
             else:
                 self.rows[tid] = self._row(trial, ended=False, failed=None)
-        table.write_table(self.trial_setup.sweep_dir, list(self.rows.values()))
+        # In the order the sweep made its trials (their ids count up): Tune
+        # hands a resumed sweep its trials latest-reported first.
+        table.write_table(self.trial_setup.sweep_dir,
+                          [self.rows[tid] for tid in sorted(self.rows)])
 
     def _row(self, trial, ended: bool, failed: str | None) -> dict:
         tid = trial.trial_id

@@ -4,16 +4,16 @@ trials' own runs (their history.parquet and checkpoints)."""
 
 from __future__ import annotations
 
-import io
 import math
+import time
 import uuid
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from charlm import storage
-from charlm.errors import CharlmError, first_line
+from charlm import charts, storage
+from charlm.errors import CharlmError
 from charlm.model import checkpoint
 from charlm.training.metrics import read_history
 
@@ -25,11 +25,24 @@ CHART = "trials.png"
 # failed (the error column says why).
 FINISHED, STOPPED, FAILED = "finished", "stopped early", "failed"
 ENDED = (FINISHED, STOPPED, FAILED)
+READS = 5  # tries at a history.parquet that its run is rewriting
 
 
 def history(run: str) -> pd.DataFrame:
-    """A trial's run's history.parquet (empty before its first epoch)."""
-    return pd.DataFrame(read_history(run))
+    """A trial's run's history.parquet (empty before its first epoch). Its
+    run may be writing it as the sweep reads it (rank 0 rewrites the file
+    after each epoch, in place on a local disk, and the run of a trial that
+    Tune stopped trains on until its driver stops it): a file read half
+    written is read again."""
+    tries = 0
+    while True:
+        try:
+            return pd.DataFrame(read_history(run))
+        except (pa.ArrowInvalid, OSError):
+            tries += 1
+            if tries == READS:
+                raise
+            time.sleep(0.05 * 2**tries)
 
 
 def run_summary(run: str) -> dict:
@@ -80,38 +93,16 @@ def read_table(sweep_dir: str) -> list[dict]:
 
 def draw(sweep_dir: str, curves: dict[str, pd.DataFrame]) -> str:
     """val_loss against step, one line per trial (label → its history)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    values = []
+    fig, ax = charts.pyplot().subplots(figsize=(9, 5.5))
     for label, history in curves.items():
-        if history.empty:
-            continue
-        ax.plot(history["step"], history["val_loss"], marker="o", markersize=3, label=label)
-        values += [v for v in history["val_loss"] if v is not None and math.isfinite(v)]
-    if values:  # a diverged trial would squash the others: keep 90% of the points in view
-        low, high = min(values), float(pd.Series(values).quantile(0.9))
-        pad = 0.05 * (high - low or 1.0)
-        ax.set_ylim(low - pad, high + pad)
+        if not history.empty:
+            ax.plot(history["step"], history["val_loss"], marker="o", markersize=3, label=label)
+    charts.focus(ax, [v for h in curves.values() if not h.empty for v in h["val_loss"]])
     ax.set_xlabel("step")
     ax.set_ylabel("val_loss (nats/char)")
     ax.grid(alpha=0.3)
     if curves:
         ax.legend(fontsize="small")
     ax.set_title(f"sweep {sweep_dir.rstrip('/').rsplit('/', 1)[-1]}: held-out loss per trial")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    uri = storage.join(sweep_dir, CHART)
-    fs, path = storage.resolve(uri)
-    try:
-        with fs.open_output_stream(path) as f:
-            f.write(buf.getvalue())
-    except OSError as e:
-        raise CharlmError(f"chart {uri} cannot be written ({first_line(e)}); check that the "
-                          "sweep's --storage-path is writable") from e
-    return uri
+    return charts.save(fig, storage.join(sweep_dir, CHART),
+                       "check that the sweep's --storage-path is writable")
