@@ -50,7 +50,7 @@ def run_job(preset: str, seed: int, precision: str, budget_s: float, args: argpa
     name = f"{preset}-{precision}-s{seed}"
     cmd = [sys.executable, "-m", "jobs.train", "--corpus", args.corpus, "--preset", preset,
            "--seed", str(seed), "--storage-path", storage, "--name", name,
-           *(["--precision", precision] if precision != "fp32" else []), *args.extra]
+           "--precision", precision, *args.extra]
     print(f"[{name}] {' '.join(cmd[2:])}", flush=True)
     run_dir = os.path.join(storage, name)
     started = time.monotonic()
@@ -67,11 +67,12 @@ def run_job(preset: str, seed: int, precision: str, budget_s: float, args: argpa
                   f"{r['elapsed_s']:.0f}s", flush=True)
         shown = len(rows)
         if rows and rows[-1]["elapsed_s"] > budget_s and not stopped_at_budget:
-            os.killpg(proc.pid, signal.SIGINT)
+            proc.send_signal(signal.SIGINT)  # the job's process, as Ctrl-C reaches a driver
             stopped_at_budget = True
     output = proc.stdout.read()
     rows = history(run_dir)
-    if proc.returncode not in (0, 130) or not rows:
+    # A job stopped at the budget has every epoch the budget holds, however it exits.
+    if not rows or (proc.returncode not in (0, 130) and not stopped_at_budget):
         raise SystemExit(f"error: job {name} exited with {proc.returncode}:\n{output[-3000:]}")
     return summarise({"name": name, "preset": preset, "seed": seed, "precision": precision,
                       "budget_s": budget_s, "wall_s": round(time.monotonic() - started, 1),
