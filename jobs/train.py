@@ -75,8 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="clip the whole gradient (all tensors, after the all-reduce) to this norm")
     a("--warmup-steps", type=int, help="linear warm-up from 0 to the learning rate (default 0)")
     a("--precision", choices=list(PRECISIONS),
-      help="fp32 (default), bf16 or fp16: the LSTM stack's compute dtype; weights, "
-           "optimizer state, softmax and loss stay float32")
+      help="the LSTM stack's compute dtype: fp32 (default; the quality preset's: bf16), "
+           "bf16 or fp16; weights, optimizer state, softmax and loss stay float32")
     a("--weight-average", type=float, metavar="MOMENTUM",
       help="score, checkpoint and generate from an exponential moving average of the "
            "weights with this momentum, e.g. 0.99 (default 0: off)")
