@@ -10,6 +10,8 @@ this machine (other test runs start embedded ones).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -321,3 +323,15 @@ def environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def run_main(main, *argv: str) -> tuple[int, str, str]:
+    """A job's main(argv) in this process: (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(argv))
+            status = 0
+        except SystemExit as e:
+            status = e.code
+    return status, out.getvalue(), err.getvalue()

@@ -4,14 +4,13 @@ read back with pandas."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 import os
 
 import numpy as np
 import pandas as pd
 import pytest
+from raycluster import run_main
 
 from charlm.config import TrainConfig, make_config
 from charlm.data.corpus import BYTES_VOCAB, encode
@@ -69,14 +68,7 @@ def runs(ray_local, texts: dict[str, str], tmp_path_factory) -> dict[str, str]:
 
 def run_job(*argv: str) -> tuple[int, str, str]:
     """jobs.evaluate in-process: (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            job.main(list(argv))
-            status = 0
-        except SystemExit as e:
-            status = e.code
-    return status, out.getvalue(), err.getvalue()
+    return run_main(job.main, *argv)
 
 
 @pytest.fixture(scope="module")

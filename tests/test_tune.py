@@ -6,8 +6,6 @@ diverged trial reports."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 import os
 import signal
@@ -18,7 +16,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 import pytest
 import ray
-from raycluster import BUCKET, Cluster, environ, printed, submit
+from raycluster import BUCKET, Cluster, environ, printed, run_main, submit
 
 from charlm.tuning import sweep as sweeps
 from charlm.tuning import table
@@ -45,14 +43,7 @@ DIVERGED = ("training loss is nan at epoch 1; lower --learning-rate",
 
 def run_job(*argv: str) -> tuple[int, str, str]:
     """jobs.tune in-process: (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            job.main(list(argv))
-            status = 0
-        except SystemExit as e:
-            status = e.code
-    return status, out.getvalue(), err.getvalue()
+    return run_main(job.main, *argv)
 
 
 def interrupt_when_a_trial_ends(sweep_dir: str) -> threading.Thread:
