@@ -40,6 +40,34 @@ def exists(path: str) -> bool:
     return fs.get_file_info(p).type != pafs.FileType.NotFound
 
 
+def read_rows(uri: str) -> list[dict]:
+    """The rows of a small Parquet table, as dicts (none if it does not exist)."""
+    import pyarrow.parquet as pq
+
+    if not exists(uri):
+        return []
+    fs, path = resolve(uri)
+    return pq.read_table(path, filesystem=fs).to_pylist()
+
+
+def write_rows(uri: str, rows: list[dict]) -> str:
+    """A small Parquet table, replaced whole: readers see the old or the new
+    one (an object store writes a whole object or none; a local file is
+    written beside and moved over)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fs, path = resolve(uri)
+    table = pa.Table.from_pylist(rows)
+    if is_uri(uri):
+        pq.write_table(table, path, filesystem=fs)
+    else:
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        pq.write_table(table, tmp, filesystem=fs)
+        fs.move(tmp, path)
+    return uri
+
+
 def check_writable(path: str, flag: str) -> None:
     """Fail before any work starts, not after hours of training. Leaves nothing
     behind: directories it had to create are removed again, so a job refused

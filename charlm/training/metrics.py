@@ -33,25 +33,15 @@ def append_history(run_dir: str, metrics: dict) -> None:
     """Per-epoch history beside the checkpoints, rewritten whole (it is tiny).
     Rows of epochs at or after this one (a run resumed from an earlier
     checkpoint) are replaced."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    fs, path = storage.resolve(storage.join(run_dir, HISTORY))
     row = {k: metrics.get(k) for k in COLUMNS}
-    rows = read_history(run_dir)
-    rows = [{k: r.get(k) for k in COLUMNS} for r in rows if r["epoch"] < row["epoch"]]
-    pq.write_table(pa.Table.from_pylist(rows + [row]), path, filesystem=fs)
+    rows = [{k: r.get(k) for k in COLUMNS} for r in read_history(run_dir)
+            if r["epoch"] < row["epoch"]]
+    storage.write_rows(storage.join(run_dir, HISTORY), rows + [row])
 
 
 def read_history(run_dir: str) -> list[dict]:
     """The run's history rows so far (none for a new run)."""
-    import pyarrow.parquet as pq
-
-    uri = storage.join(run_dir, HISTORY)
-    if not storage.exists(uri):
-        return []
-    fs, path = storage.resolve(uri)
-    return pq.read_table(path, filesystem=fs).to_pylist()
+    return storage.read_rows(storage.join(run_dir, HISTORY))
 
 
 class TensorBoard:

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import math
 import time
-import uuid
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from charlm import charts, storage
 from charlm.errors import CharlmError
@@ -70,25 +68,12 @@ def run_summary(run: str) -> dict:
 
 def write_table(sweep_dir: str, rows: list[dict]) -> str:
     """The table, replaced whole: readers see the old or the new one."""
-    uri = storage.join(sweep_dir, TABLE)
-    fs, path = storage.resolve(uri)
-    table = pa.Table.from_pylist(rows)
-    if storage.is_uri(uri):  # an object store writes a whole object or none
-        pq.write_table(table, path, filesystem=fs)
-    else:
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        pq.write_table(table, tmp, filesystem=fs)
-        fs.move(tmp, path)
-    return uri
+    return storage.write_rows(storage.join(sweep_dir, TABLE), rows)
 
 
 def read_table(sweep_dir: str) -> list[dict]:
     """The rows written so far (none for a new sweep)."""
-    uri = storage.join(sweep_dir, TABLE)
-    if not storage.exists(uri):
-        return []
-    fs, path = storage.resolve(uri)
-    return pq.read_table(path, filesystem=fs).to_pylist()
+    return storage.read_rows(storage.join(sweep_dir, TABLE))
 
 
 def draw(sweep_dir: str, curves: dict[str, pd.DataFrame]) -> str:
