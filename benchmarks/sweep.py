@@ -6,8 +6,9 @@ epochs).
     .venv/bin/python -m benchmarks.sweep --json benchmarks/results/sweep.json
 
 The trials run one at a time (one worker each: the machine's cores), under
-ASHA on val_loss per epoch; every trial is the quality preset with
-`--epochs` (its cosine schedule's length) and the searched values.
+ASHA on val_loss per epoch after `--grace-period` epochs (past the two-layer
+net's early plateau); every trial is the quality preset with `--epochs` (its
+cosine schedule's length) and the searched values.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ SEARCH = ["learning-rate=loguniform:0.008:0.03", "dropout=uniform:0.2:0.4",
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--num-samples", type=int, default=8)
-    p.add_argument("--epochs", type=int, default=12, help="each trial's --epochs")
+    p.add_argument("--epochs", type=int, default=20, help="each trial's --epochs")
+    p.add_argument("--grace-period", type=int, default=4, help="jobs.tune's --grace-period")
     p.add_argument("--search", action="append", default=None,
                    help=f"jobs.tune's --search (default: {' '.join(SEARCH)})")
     p.add_argument("--seed-epochs", type=int, default=2,
@@ -49,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         results["budget_s"] = round(2 * SEED_RUN_EPOCHS * seed["epoch_s"], 1)
         cmd = [sys.executable, "-m", "jobs.tune", "--corpus", args.corpus, "--preset", "quality",
                "--epochs", str(args.epochs), "--num-samples", str(args.num_samples),
+               "--grace-period", str(args.grace_period),
                "--storage-path", tmp, "--name", "quality-sweep"]
         for spec in args.search or SEARCH:
             cmd += ["--search", spec]

@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
            "GPUs hold now)")
     a("--scheduler", default="asha",
       help="asha: stop trials early on val_loss per epoch (default); fifo: run each to its end")
+    a("--grace-period", type=int, default=1, metavar="EPOCHS",
+      help="epochs every trial runs before ASHA may stop it (default 1); set it past the "
+           "epochs a recipe's loss sits on its early plateau")
     a("--name", help="the sweep's name; rerunning a name resumes it (default: <corpus>-sweep)")
     a("--storage-path", default="~/charlm/sweeps",
       help="local directory or s3:// URI for sweeps (default %(default)s); each trial's run "
@@ -51,6 +54,7 @@ def run(args: argparse.Namespace) -> str:
         search=args.search, overrides=overrides, preset=args.preset, name=args.name,
         storage_path=args.storage_path, seed=args.seed, num_samples=args.num_samples,
         max_concurrent=args.max_concurrent, scheduler=args.scheduler,
+        grace_period=args.grace_period,
         verbose=bool(args.verbose)))
 
 

@@ -79,6 +79,7 @@ class SweepOptions:
     num_samples: int = 1
     max_concurrent: int | None = None
     scheduler: str = "asha"
+    grace_period: int = 1
     verbose: bool = False
 
 
@@ -121,6 +122,7 @@ def sweep(o: SweepOptions) -> str:
     sweep_dir = storage.join(storage_path, name)
     record = {"search": [s.text() for s in searches], "preset": o.preset, "seed": o.seed,
               "num_samples": o.num_samples, "scheduler": o.scheduler,
+              "grace_period": o.grace_period,
               "flags": {k: v for k, v in overrides.items() if k not in OPERATIONAL}}
     previous = _read_record(sweep_dir)
     if previous is not None:
@@ -143,7 +145,8 @@ def sweep(o: SweepOptions) -> str:
                                    resume_errored=False)
     else:
         print(f"sweep {sweep_dir}: {total} trial(s), {concurrency} at a time, "
-              f"{_scheduled(o.scheduler)}; searching {', '.join(record['search']) or 'seeds'}",
+              f"{_scheduled(o.scheduler, o.grace_period)}; "
+              f"searching {', '.join(record['search']) or 'seeds'}",
               flush=True)
         tuner = _new_tuner(trainable, searches, o, concurrency, setup)
     with _tune_console(o.verbose):
@@ -178,6 +181,9 @@ def _checked(o: SweepOptions) -> tuple[list[Search], TrainConfig]:
                           "at a time, or leave it out")
     if o.scheduler not in SCHEDULERS:
         raise CharlmError(f"--scheduler {o.scheduler!r} is unknown; use asha or fifo")
+    if o.grace_period < 1:
+        raise CharlmError(f"--grace-period is {o.grace_period}; let every trial run at least "
+                          "1 epoch")
     searches = parse_all(o.search)
     for s in searches:
         if s.field in o.overrides or s.field == "preset" and o.preset:
@@ -191,7 +197,18 @@ def _checked(o: SweepOptions) -> tuple[list[Search], TrainConfig]:
                 setup.config({s.field: value}, "check")
             except CharlmError as e:
                 raise CharlmError(f"--search {s.text()!r}: {e}") from None
+    horizon = _horizon(searches, setup)
+    if o.scheduler == "asha" and o.grace_period > horizon:
+        raise CharlmError(f"--grace-period {o.grace_period} is past the trials' {horizon} "
+                          "epochs; lower it, or use --scheduler fifo")
     return searches, base
+
+
+def _horizon(searches: list[Search], setup: TrialSetup) -> int:
+    """ASHA's horizon: the longest trial's epochs."""
+    return max([setup.config({s.field: v}, "check").epochs
+                for s in searches if s.field in ("epochs", "preset") for v in s.values]
+               or [setup.config({}, "check").epochs])
 
 
 def _start_ray(o: SweepOptions, base: TrainConfig, previous: dict | None,
@@ -242,7 +259,8 @@ def _same_sweep(previous: dict, record: dict, max_concurrent: int | None,
     """A rerun resumes the sweep it names only with the settings it started with."""
     record = json.loads(json.dumps(record))  # as the saved one was read back
     differ = [f"--{key.replace('_', '-')}" for key in ("search", "preset", "seed",
-                                                       "num_samples", "scheduler")
+                                                       "num_samples", "scheduler",
+                                                       "grace_period")
               if previous.get(key) != record[key]]
     flags = previous.get("flags", {})
     differ += [f"--{k.replace('_', '-')}" for k in sorted(set(flags) | set(record["flags"]))
@@ -255,9 +273,9 @@ def _same_sweep(previous: dict, record: dict, max_concurrent: int | None,
                           "pass another --name for a new sweep")
 
 
-def _scheduled(scheduler: str) -> str:
-    return "ASHA stopping trials early on val_loss" if scheduler == "asha" else \
-        "each trial run to its end (FIFO)"
+def _scheduled(scheduler: str, grace_period: int) -> str:
+    return (f"ASHA stopping trials early on val_loss after {grace_period} epoch(s)"
+            if scheduler == "asha" else "each trial run to its end (FIFO)")
 
 
 def _new_tuner(trainable, searches: list[Search], o: SweepOptions, concurrency: int,
@@ -267,12 +285,9 @@ def _new_tuner(trainable, searches: list[Search], o: SweepOptions, concurrency: 
     space = {s.field: s.space() for s in searches}
     if "seed" not in space:
         space["seed"] = tune.randint(0, SEEDS)
-    # ASHA's horizon: the longest trial's epochs.
-    epochs = max([setup.config({s.field: v}, "check").epochs
-                  for s in searches if s.field in ("epochs", "preset") for v in s.values]
-                 or [setup.config({}, "check").epochs])
     scheduler = (tune.schedulers.ASHAScheduler(time_attr="epoch", metric="val_loss", mode="min",
-                                               max_t=epochs, grace_period=1,
+                                               max_t=_horizon(searches, setup),
+                                               grace_period=o.grace_period,
                                                stop_last_trials=False)
                  if o.scheduler == "asha" else tune.schedulers.FIFOScheduler())
     return tune.Tuner(
