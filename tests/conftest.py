@@ -14,6 +14,12 @@ import charlm  # noqa: F401
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests on the multi-node cluster last, in their order: the cluster
+    (five nodes' daemons, busy even when idle) then lives only while they run."""
+    items.sort(key=lambda item: "multinode" in getattr(item, "fixturenames", ()))
+
+
 @pytest.fixture(scope="session")
 def ray_local(s3_env):
     """One embedded Ray for the whole session, as the jobs start it; this

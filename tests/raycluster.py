@@ -37,6 +37,7 @@ RAY = os.path.join(BIN, "ray")
 EXCLUDES = [".venv", ".git", "**/__pycache__", ".pytest_cache", ".ruff_cache", "runs", "out",
             "*.egg-info", "build", "benchmarks/logs"]
 JOB_TIMEOUT_S = 300
+POLL = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 # A job that proves wiring, not learning: one tiny epoch, two seeds.
 TINY = ["--train.epochs", "1", "--train.max-steps", "4", "--train.units", "16",
         "--train.maxlen", "32", "--train.step", "32", "--train.batch-size", "32",
@@ -160,7 +161,11 @@ def ray_cluster(head_cpus: int, workers: list[tuple[int, int]] = (),
     # The job's `python` is the first on the head's PATH: this venv's.
     full_env.update(PATH=f"{BIN}{os.pathsep}{full_env.get('PATH', '')}",
                     NO_PROXY="127.0.0.1,localhost", RAY_AUTH_MODE="token",
-                    RAY_AUTH_TOKEN_PATH=token_path, RAY_USAGE_STATS_ENABLED="0", **(env or {}))
+                    RAY_AUTH_TOKEN_PATH=token_path, RAY_USAGE_STATS_ENABLED="0",
+                    # A lost node is known in ~5 s, not Ray's default ~15 s
+                    # (5 missed health checks, every 3 s); an alive one still
+                    # has 10 s to answer each.
+                    RAY_health_check_period_ms="1000", **(env or {}))
     gcs, dashboard, client, *node_ports = free_ports(9)
     cluster = Cluster(temp_dir, f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{gcs}", full_env)
     try:
@@ -187,8 +192,11 @@ def ray_cluster(head_cpus: int, workers: list[tuple[int, int]] = (),
 def submit(cluster: Cluster, submission_id: str, *pipeline_args: str, module: str = "pipeline",
            wait: bool = True, env_vars: dict[str, str] | None = None) -> tuple[str, str]:
     """`ray job submit --working-dir .` as a user runs it, `env_vars` set for
-    the job. With `wait`, returns the final status (succeeded, failed or
+    the job, and the session's Ray Train poll interval (conftest) too: the
+    cluster's default, 2 s, would add a poll's wait to every run's start, end
+    and restart. With `wait`, returns the final status (succeeded, failed or
     stopped) and the job's logs."""
+    env_vars = {k: os.environ[k] for k in (POLL,) if k in os.environ} | (env_vars or {})
     runtime_env = {"excludes": EXCLUDES, **({"env_vars": env_vars} if env_vars else {})}
     cmd = ["job", "submit", "--address", cluster.address, "--submission-id", submission_id,
            "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env),

@@ -20,6 +20,7 @@ from raycluster import (
     TINY,
     Cluster,
     Jobs,
+    Node,
     environ,
     error_lines,
     job_id,
@@ -100,10 +101,10 @@ def test_a_resubmitted_run_resumes_and_outlives_a_lost_node(cluster: Cluster,
                                                             corpus: str, wired: str) -> None:
     """Submitting `wired` again resumes it from its epoch 1 on S3; then a whole
     worker node is lost once epoch 2's checkpoint is registered, and Ray Train
-    restarts the workers, which resume from that one. The restore reads the
-    optimizer's slots from Ray Train's temporary copy of the S3 checkpoint:
-    the next epoch's first step must not need it."""
-    run, epochs = f"{RUNS}/wired", 4
+    restarts the workers, which resume from the last one registered. The
+    restore reads the optimizer's slots from Ray Train's temporary copy of the
+    S3 checkpoint: the next epoch's first step must not need it."""
+    run, epochs = f"{RUNS}/wired", 6  # room for the epochs that end before the kill lands
     submit(cluster, "train-s3-again", "--corpus", corpus, "--storage-path", RUNS,
            "--name", "wired", *TRAIN_TINY, *TWO_NODES, "--epochs", str(epochs),
            "--max-failures", "2", "--keep-checkpoints", "1", module="train", wait=False)
@@ -117,24 +118,34 @@ def test_a_resubmitted_run_resumes_and_outlives_a_lost_node(cluster: Cluster,
         except OSError:
             return False
 
+    def victim() -> Node | None:
+        """A node with a training worker and not the controller."""
+        for node in cluster.workers:
+            commands = [" ".join(p.cmdline()) for p in processes_under(node.temp_dir + "/")
+                        if p.is_running()]
+            if (any("RayTrainWorker" in c for c in commands)
+                    and not any("TrainController" in c for c in commands)):
+                return node
+        return None
+
+    # Chosen before epoch 2 ends (the workers live through the run), so the
+    # kill follows the registration closely.
+    while (node := victim()) is None:
+        assert time.monotonic() < deadline, "no training worker started"
+        time.sleep(0.5)
     while not registered():
         assert time.monotonic() < deadline, "no second checkpoint registered"
-        time.sleep(0.5)
-    victim = next(node for node in cluster.workers
-                  if any("RayTrainWorker" in " ".join(p.cmdline())
-                         for p in processes_under(node.temp_dir + "/")
-                         if p.is_running()) and not any(
-                      "TrainController" in " ".join(p.cmdline())
-                      for p in processes_under(node.temp_dir + "/")))
-    kill_node(victim)
+        time.sleep(0.1)
+    kill_node(node)
     try:
-        assert not [p for p in processes_under(victim.temp_dir + "/")
+        assert not [p for p in processes_under(node.temp_dir + "/")
                     if p.status() != psutil.STATUS_ZOMBIE]
         status, log = wait_for(cluster, "train-s3-again")
     finally:
-        replace_node(cluster, victim)
+        replace_node(cluster, node)
     assert status == "succeeded", log[-5000:]
-    assert "resumed from epoch 1" in log and "resumed from epoch 2" in log, log[-5000:]
+    resumes = [int(e) for e in re.findall(r"^resumed from epoch (\d+) ", log, re.MULTILINE)]
+    assert len(resumes) == 2 and resumes[0] == 1 and 2 <= resumes[1] < epochs, log[-5000:]
     assert history_epochs(run) == list(range(1, epochs + 1))
     best = printed(log, "best checkpoint")
     fs, path = pafs.FileSystem.from_uri(run)

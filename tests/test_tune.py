@@ -32,7 +32,7 @@ TINY = ["--units", "16", "--maxlen", "32", "--step", "32", "--batch-size", "32",
 # epochs last a fifth of a second; the absurd run's end and Tune's stop
 # take a few seconds); that good one, resumed, must end as its twin (the
 # same rate again) ends, trained straight in the second pair.
-EPOCHS = 30
+EPOCHS = 20
 SWEEPS = f"s3://{BUCKET}/sweeps"
 SWEEP = [*TINY, "--epochs", str(EPOCHS), "--search", "learning-rate=grid:1e38,0.01,0.01,0.02",
          "--search", "seed=grid:7", "--scheduler", "fifo", "--max-concurrent", "2",
@@ -98,11 +98,7 @@ def sweep(ray_local, multinode: Cluster, s3_env: dict[str, str], corpus: str) ->
         watcher.join()
         at_interrupt = pd.DataFrame(table.read_table(sweep_dir))
         drivers_stopped()
-        # The poll interval conftest gives this process's Ray Train; the
-        # cluster's default, 2 s, would add 2 s to each trial's every epoch.
-        poll = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
-        second = submit(multinode, "tune-resumed", *argv, module="tune",
-                        env_vars={poll: os.environ[poll]})
+        second = submit(multinode, "tune-resumed", *argv, module="tune")
         frame = pd.read_parquet(f"{sweep_dir}/{table.TABLE}")
         histories = {run: pd.read_parquet(f"{run}/history.parquet") for run in frame["run"]}
         chart = size(f"{sweep_dir}/{table.CHART}")
@@ -171,6 +167,9 @@ def test_runs_of_a_sweep_side_by_side(sweep: dict, s3_env: dict[str, str], capsy
     (["--search", "dropout=uniform:0.1:1.5"], "--dropout is 1.5"),
     (["--num-samples", "0"], "--num-samples is 0"),
     (["--search", "units=choice:16,x"], "'x' is not a whole number"),
+    (["--grace-period", "0"], "--grace-period is 0"),
+    (["--search", "epochs=choice:2,4", "--grace-period", "5"],
+     "--grace-period 5 is past the trials' 4 epochs"),
 ])
 def test_bad_input_is_one_line_before_any_trial(flags: list[str], message: str, corpus: str,
                                                 tmp_path) -> None:
