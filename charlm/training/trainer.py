@@ -16,6 +16,9 @@ import functools
 import math
 import os
 import posixpath
+import signal
+import socket
+import threading
 from collections.abc import Sequence
 
 import psutil
@@ -124,7 +127,7 @@ def train(config: TrainConfig, callbacks: Sequence = ()) -> str:
     existed = storage.exists(run_dir)
     try:
         with console, internals.worker_group_start_timeout(config.placement_timeout):
-            result = trainer.fit()
+            result = _fit(trainer, run_dir)
         if result.error:
             raise result.error
     except Exception as e:
@@ -149,6 +152,49 @@ def train(config: TrainConfig, callbacks: Sequence = ()) -> str:
                           "diverged: train again with a lower --learning-rate or --clipnorm")
     print(f"best checkpoint: {best}", flush=True)
     return best
+
+
+def _fit(trainer, run_dir: str):
+    """trainer.fit(), where Ctrl-C ends as KeyboardInterrupt (so the job says
+    "interrupted" and exits 130) once the run has stopped. In the main thread
+    Ray Train's own SIGINT handler aborts the run gracefully, then leaves
+    fit() through a SystemExit (or a result); the signal is seen on a wakeup
+    fd, whatever handler ran. Ray Train's handler, bound to this run, is
+    removed after it."""
+    if threading.current_thread() is not threading.main_thread():
+        return trainer.fit()  # no handler of Ray Train's: Ctrl-C reaches the main thread
+    seen, wakeup = socket.socketpair()
+    seen.setblocking(False)
+    wakeup.setblocking(False)
+    handler = signal.getsignal(signal.SIGINT)
+    previous_fd = signal.set_wakeup_fd(wakeup.fileno(), warn_on_full_buffer=False)
+    interrupted = False
+    try:
+        try:
+            result = trainer.fit()
+        except SystemExit:
+            interrupted = _received(seen, signal.SIGINT)
+            if not interrupted:
+                raise
+        interrupted = interrupted or _received(seen, signal.SIGINT)
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        signal.signal(signal.SIGINT, handler)
+        seen.close()
+        wakeup.close()
+    if interrupted:
+        print(f"run {run_dir} stopped at its latest checkpoint; rerun the same command to "
+              "resume it", flush=True)
+        raise KeyboardInterrupt
+    return result
+
+
+def _received(fd: socket.socket, signum: int) -> bool:
+    """Whether the wakeup fd recorded `signum` (one byte per signal)."""
+    try:
+        return signum in fd.recv(4096)
+    except BlockingIOError:  # nothing arrived
+        return False
 
 
 def _worker(inputs: WorkerInputs) -> None:
