@@ -29,19 +29,10 @@ import time
 
 from benchmarks.common import DEFAULT_CORPUS, ROOT, session, write_json
 from benchmarks.recipes import run_seed
+from charlm.training.metrics import read_history
 
 TARGETS = (1.55, 1.45, 1.40, 1.30)  # held-out losses whose first time is reported
 POLL_S = 2.0
-
-
-def history(run_dir: str) -> list[dict]:
-    import pandas as pd
-
-    path = os.path.join(run_dir, "history.parquet")
-    try:
-        return pd.read_parquet(path).to_dict("records")
-    except (OSError, ValueError):
-        return []
 
 
 def run_job(preset: str, seed: int, precision: str, budget_s: float, args: argparse.Namespace,
@@ -60,7 +51,7 @@ def run_job(preset: str, seed: int, precision: str, budget_s: float, args: argpa
     stopped_at_budget = False
     while proc.poll() is None:
         time.sleep(POLL_S)
-        rows = history(run_dir)
+        rows = read_history(run_dir)
         for r in rows[shown:]:
             print(f"[{name}] epoch {r['epoch']:>3}  step {r.get('step', '?'):>5}  "
                   f"loss {r['loss']:.4f}  val_loss {r['val_loss']:.4f}  "
@@ -70,9 +61,9 @@ def run_job(preset: str, seed: int, precision: str, budget_s: float, args: argpa
             proc.send_signal(signal.SIGINT)  # the job's process, as Ctrl-C reaches a driver
             stopped_at_budget = True
     output = proc.stdout.read()
-    rows = history(run_dir)
-    # A job stopped at the budget has every epoch the budget holds, however it exits.
-    if not rows or (proc.returncode not in (0, 130) and not stopped_at_budget):
+    rows = read_history(run_dir)
+    # Ended (0), or stopped at the budget as Ctrl-C stops it (130).
+    if not rows or proc.returncode not in (0, 130):
         raise SystemExit(f"error: job {name} exited with {proc.returncode}:\n{output[-3000:]}")
     return summarise({"name": name, "preset": preset, "seed": seed, "precision": precision,
                       "budget_s": budget_s, "wall_s": round(time.monotonic() - started, 1),

@@ -168,15 +168,13 @@ def _fit(trainer, run_dir: str):
     wakeup.setblocking(False)
     handler = signal.getsignal(signal.SIGINT)
     previous_fd = signal.set_wakeup_fd(wakeup.fileno(), warn_on_full_buffer=False)
-    interrupted = False
     try:
-        try:
-            result = trainer.fit()
-        except SystemExit:
-            interrupted = _received(seen, signal.SIGINT)
-            if not interrupted:
-                raise
-        interrupted = interrupted or _received(seen, signal.SIGINT)
+        result = trainer.fit()
+        interrupted = _received(seen, signal.SIGINT)
+    except SystemExit:
+        interrupted = _received(seen, signal.SIGINT)
+        if not interrupted:
+            raise
     finally:
         signal.set_wakeup_fd(previous_fd)
         signal.signal(signal.SIGINT, handler)

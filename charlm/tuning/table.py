@@ -5,10 +5,8 @@ trials' own runs (their history.parquet and checkpoints)."""
 from __future__ import annotations
 
 import math
-import time
 
 import pandas as pd
-import pyarrow as pa
 
 from charlm import charts, storage
 from charlm.errors import CharlmError
@@ -23,24 +21,13 @@ CHART = "trials.png"
 # failed (the error column says why).
 FINISHED, STOPPED, FAILED = "finished", "stopped early", "failed"
 ENDED = (FINISHED, STOPPED, FAILED)
-READS = 5  # tries at a history.parquet that its run is rewriting
 
 
 def history(run: str) -> pd.DataFrame:
     """A trial's run's history.parquet (empty before its first epoch). Its
-    run may be writing it as the sweep reads it (rank 0 rewrites the file
-    after each epoch, in place on a local disk, and the run of a trial that
-    Tune stopped trains on until its driver stops it): a file read half
-    written is read again."""
-    tries = 0
-    while True:
-        try:
-            return pd.DataFrame(read_history(run))
-        except (pa.ArrowInvalid, OSError):
-            tries += 1
-            if tries == READS:
-                raise
-            time.sleep(0.05 * 2**tries)
+    run may be rewriting it as the sweep reads it: it is replaced whole
+    (storage.write_rows), so a read sees the old rows or the new."""
+    return pd.DataFrame(read_history(run))
 
 
 def run_summary(run: str) -> dict:
