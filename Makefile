@@ -20,8 +20,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/python -m jobs.pipeline --storage-path runs --name demo $(RUN_ARGS)
 
+# Two pytest-xdist workers: the multi-node cluster's tests in one, every other
+# module whole in either (tests/conftest.py).
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -51,20 +51,16 @@ def read_rows(uri: str) -> list[dict]:
 
 
 def write_rows(uri: str, rows: list[dict]) -> str:
-    """A small Parquet table, replaced whole: readers see the old or the new
-    one (an object store writes a whole object or none; a local file is
-    written beside and moved over)."""
+    """A small Parquet table, replaced whole: written beside and moved over
+    (a rename locally, a server-side copy on an object store), so readers see
+    the old table or the new one, even if the writer dies mid-write."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     fs, path = resolve(uri)
-    table = pa.Table.from_pylist(rows)
-    if is_uri(uri):
-        pq.write_table(table, path, filesystem=fs)
-    else:
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        pq.write_table(table, tmp, filesystem=fs)
-        fs.move(tmp, path)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    pq.write_table(pa.Table.from_pylist(rows), tmp, filesystem=fs)
+    fs.move(tmp, path)
     return uri
 
 

@@ -12,12 +12,29 @@ import charlm  # noqa: F401
 # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, read from the driver's environment): each
 # tiny test run's start and end would wait for a poll. A test-only setting.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+# Each run's preemption watcher is one more process to start (no test
+# preempts a node). Test-only too; raycluster's clusters get the same.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+
+
+def on_multinode(item: pytest.Item) -> bool:
+    return "multinode" in getattr(item, "fixturenames", ())
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Under pytest-xdist (--dist loadgroup), the tests on the multi-node
+    cluster run in one worker, and every other module in one: module fixtures
+    are then built once."""
+    item.add_marker(pytest.mark.xdist_group("multinode" if on_multinode(item)
+                                            else item.module.__name__))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The tests on the multi-node cluster last, in their order: the cluster
-    (five nodes' daemons, busy even when idle) then lives only while they run."""
-    items.sort(key=lambda item: "multinode" in getattr(item, "fixturenames", ()))
+    """Run serially, the multi-node tests come last (the cluster's five nodes'
+    daemons, busy even when idle, then live only while they run); under
+    xdist, first (the longest group starts at once)."""
+    parallel = "PYTEST_XDIST_WORKER" in os.environ
+    items.sort(key=lambda item: on_multinode(item) != parallel)
 
 
 @pytest.fixture(scope="session")

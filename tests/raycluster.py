@@ -165,7 +165,8 @@ def ray_cluster(head_cpus: int, workers: list[tuple[int, int]] = (),
                     # A lost node is known in ~5 s, not Ray's default ~15 s
                     # (5 missed health checks, every 3 s); an alive one still
                     # has 10 s to answer each.
-                    RAY_health_check_period_ms="1000", **(env or {}))
+                    RAY_health_check_period_ms="1000",
+                    RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0", **(env or {}))
     gcs, dashboard, client, *node_ports = free_ports(9)
     cluster = Cluster(temp_dir, f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{gcs}", full_env)
     try:

@@ -25,16 +25,16 @@ from jobs import tune as job
 
 TINY = ["--units", "16", "--maxlen", "32", "--step", "32", "--batch-size", "32",
         "--objective", "all", "--max-steps", "2", "--cpus-per-worker", "1"]
-# Four trials, two at a time, every one seeded alike and run to its end
+# Three trials, two at a time, every one seeded alike and run to its end
 # (fifo). The first pair: an absurd rate, whose loss is no longer finite
 # after its first epoch, beside a good one with most of its epochs to go
 # when the absurd one has failed and Tune has stopped on Ctrl-C (these
 # epochs last a fifth of a second; the absurd run's end and Tune's stop
 # take a few seconds); that good one, resumed, must end as its twin (the
-# same rate again) ends, trained straight in the second pair.
+# same rate again) ends.
 EPOCHS = 20
 SWEEPS = f"s3://{BUCKET}/sweeps"
-SWEEP = [*TINY, "--epochs", str(EPOCHS), "--search", "learning-rate=grid:1e38,0.01,0.01,0.02",
+SWEEP = [*TINY, "--epochs", str(EPOCHS), "--search", "learning-rate=grid:1e38,0.01,0.01",
          "--search", "seed=grid:7", "--scheduler", "fifo", "--max-concurrent", "2",
          "--storage-path", SWEEPS, "--name", "rates"]
 DIVERGED = ("training loss is nan at epoch 1; lower --learning-rate",
@@ -109,7 +109,7 @@ def sweep(ray_local, multinode: Cluster, s3_env: dict[str, str], corpus: str) ->
 def test_interrupted_sweep_says_how_to_resume(sweep: dict) -> None:
     status, out, err = sweep["first"]
     assert status == 130 and err.strip().endswith("interrupted"), (out, err)
-    assert "sweep interrupted with 3 of 4 trial(s) unfinished; rerun the same command" in out
+    assert "sweep interrupted with 2 of 3 trial(s) unfinished; rerun the same command" in out
     rows = sweep["at_interrupt"]
     assert rows.iloc[0]["learning_rate"] == 1e38 and rows.iloc[0]["status"] == table.FAILED
     # The good run beside it was stopped mid-run, its checkpoints kept.
@@ -120,19 +120,20 @@ def test_sweep_resumed_on_a_cluster_has_every_trial_on_s3_and_pandas_picks_the_b
         sweep: dict) -> None:
     status, log = sweep["second"]
     assert status == "succeeded", log[-5000:]
-    assert f"resuming sweep {sweep['dir']}: 1 of 4 trial(s) ended" in log, log[-5000:]
+    assert f"resuming sweep {sweep['dir']}: 1 of 3 trial(s) ended" in log, log[-5000:]
     assert printed(log, "table") == f"{sweep['dir']}/{table.TABLE}"
     assert printed(log, "chart") == f"{sweep['dir']}/{table.CHART}" and sweep["chart"] > 0
     frame = sweep["table"]
-    assert len(frame) == 4 and frame["trial"].is_unique and set(frame["seed"]) == {7}
+    assert len(frame) == 3 and frame["trial"].is_unique and set(frame["seed"]) == {7}
     absurd = frame.iloc[0]
     assert absurd["status"] == table.FAILED and pd.isna(absurd["checkpoint"])
     assert absurd["error"].startswith(DIVERGED) and absurd["epoch"] == 1
-    assert list(frame["status"][1:]) == [table.FINISHED] * 3
-    assert list(frame["epoch"][1:]) == [EPOCHS] * 3
-    best = frame.loc[frame["best_val_loss"].idxmin()]
-    assert printed(log, "best checkpoint") == best["checkpoint"]
-    assert best["checkpoint"].startswith(f"{sweep['dir']}/{best['trial']}/checkpoint_")
+    assert list(frame["status"][1:]) == [table.FINISHED] * 2
+    assert list(frame["epoch"][1:]) == [EPOCHS] * 2
+    best = frame[frame["best_val_loss"] == frame["best_val_loss"].min()]  # the twins may tie
+    assert printed(log, "best checkpoint") in set(best["checkpoint"])
+    for trial, uri in zip(best["trial"], best["checkpoint"], strict=True):
+        assert uri.startswith(f"{sweep['dir']}/{trial}/checkpoint_")
 
 
 def test_resumed_sweep_keeps_ended_trials_and_resumed_ones_equal_straight_ones(

@@ -127,9 +127,13 @@ def train(config: TrainConfig, callbacks: Sequence = ()) -> str:
     existed = storage.exists(run_dir)
     try:
         with console, internals.worker_group_start_timeout(config.placement_timeout):
-            result = _fit(trainer, run_dir)
+            result = _fit(trainer)
         if result.error:
             raise result.error
+    except KeyboardInterrupt:  # after the console's last line
+        print(f"run {run_dir} stopped at its latest checkpoint; rerun the same command to "
+              "resume it", flush=True)
+        raise
     except Exception as e:
         try:
             runtime.explain_placement_timeout(e, "training workers", config.placement_timeout,
@@ -154,7 +158,7 @@ def train(config: TrainConfig, callbacks: Sequence = ()) -> str:
     return best
 
 
-def _fit(trainer, run_dir: str):
+def _fit(trainer):
     """trainer.fit(), where Ctrl-C ends as KeyboardInterrupt (so the job says
     "interrupted" and exits 130) once the run has stopped. In the main thread
     Ray Train's own SIGINT handler aborts the run gracefully, then leaves
@@ -181,8 +185,6 @@ def _fit(trainer, run_dir: str):
         seen.close()
         wakeup.close()
     if interrupted:
-        print(f"run {run_dir} stopped at its latest checkpoint; rerun the same command to "
-              "resume it", flush=True)
         raise KeyboardInterrupt
     return result
 
