@@ -17,24 +17,26 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
-def on_multinode(item: pytest.Item) -> bool:
-    return "multinode" in getattr(item, "fixturenames", ())
+def uses(item: pytest.Item, fixture: str) -> bool:
+    return fixture in getattr(item, "fixturenames", ())
 
 
-def pytest_itemcollected(item: pytest.Item) -> None:
-    """Under pytest-xdist (--dist loadgroup), the tests on the multi-node
-    cluster run in one worker, and every other module in one: module fixtures
-    are then built once."""
-    item.add_marker(pytest.mark.xdist_group("multinode" if on_multinode(item)
-                                            else item.module.__name__))
-
-
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run serially, the multi-node tests come last (the cluster's five nodes'
-    daemons, busy even when idle, then live only while they run); under
-    xdist, first (the longest group starts at once)."""
+    """Under pytest-xdist (--dist loadgroup) the tests on the multi-node
+    cluster run in one worker, the modules that read `word_run` in one, and
+    every other module whole in one: each session or module fixture is then
+    built once. Run serially, the multi-node tests come last (the cluster's
+    five nodes' daemons, busy even when idle, then live only while they run);
+    under xdist, first (the longest group starts at once)."""
+    readers = {item.module.__name__ for item in items if uses(item, "word_run")}
+    for item in items:
+        module = item.module.__name__
+        group = ("multinode" if uses(item, "multinode")
+                 else "word_run" if module in readers else module)
+        item.add_marker(pytest.mark.xdist_group(group))
     parallel = "PYTEST_XDIST_WORKER" in os.environ
-    items.sort(key=lambda item: on_multinode(item) != parallel)
+    items.sort(key=lambda item: uses(item, "multinode") != parallel)
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +54,7 @@ def ray_local(s3_env):
         ray.shutdown()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> str:
     """A 20K-character corpus of a few words: jobs on it are tiny."""
     words = ("the quick brown fox jumps over the lazy dog while a wizard quietly "
@@ -85,3 +87,17 @@ def multinode(s3_env):
 
     with ray_cluster(head_cpus=0, workers=[(2, 0)] * 3 + [(1, 1)], env=s3_env) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def word_run(ray_local, corpus: str, tmp_path_factory) -> str:
+    """Two epochs of a small model on `corpus`, trained by charlm in-process:
+    the run directory that generation and evaluation read."""
+    from charlm.config import make_config
+    from charlm.training.trainer import train
+
+    storage = str(tmp_path_factory.mktemp("word_run"))
+    train(make_config(None, corpus=corpus, storage_path=storage, name="words", units=32,
+                      maxlen=32, step=32, batch_size=32, objective="all", learning_rate=0.02,
+                      clipnorm=1.0, epochs=2))
+    return os.path.join(storage, "words")

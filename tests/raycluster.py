@@ -166,7 +166,11 @@ def ray_cluster(head_cpus: int, workers: list[tuple[int, int]] = (),
                     # (5 missed health checks, every 3 s); an alive one still
                     # has 10 s to answer each.
                     RAY_health_check_period_ms="1000",
-                    RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0", **(env or {}))
+                    RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0",
+                    # Workers at normal priority, as the embedded Ray's
+                    # (runtime.init_ray): at Ray's nice 15 the other test
+                    # worker's processes would starve the cluster's jobs.
+                    RAY_worker_niceness="0", **(env or {}))
     gcs, dashboard, client, *node_ports = free_ports(9)
     cluster = Cluster(temp_dir, f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{gcs}", full_env)
     try:

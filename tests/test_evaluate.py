@@ -1,6 +1,6 @@
-"""jobs.evaluate end to end on a local Ray: tiny runs trained in-process, a
-fine-tuned one among them, scored by real actors on a directory of texts,
-read back with pandas."""
+"""jobs.evaluate end to end on a local Ray: tiny runs trained in-process (the
+session's word_run, and one fine-tuned from it), scored by real actors on a
+directory of texts, read back with pandas."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from charlm.model import checkpoint
 from charlm.training.trainer import train
 from jobs import evaluate as job
 
-TINY = dict(units=32, maxlen=32, step=32, batch_size=32, objective="all", learning_rate=0.02,
-            clipnorm=1.0)
+# What the fine-tuned run and the byte-level checkpoint take from word_run's config.
+SHAPE = ("units", "maxlen", "step", "batch_size", "objective", "learning_rate", "clipnorm")
 # The new text: other words, with letters the first corpus never had.
 NEW_WORDS = "über café naïve façade déjà smörgåsbord piñata crème brûlée jalapeño".split()
 
@@ -37,11 +37,11 @@ def texts(corpus: str, tmp_path_factory) -> dict[str, str]:
     return {"dir": str(folder), "a": str(folder / "a.txt"), "b": str(folder / "b.txt")}
 
 
-def bytes_checkpoint(directory, text: str) -> str:
+def bytes_checkpoint(directory, text: str, shape: dict) -> str:
     """A byte-level checkpoint, fitted on `text` a few steps in-process."""
     from charlm.model.network import build_model, compile_model
 
-    config = TrainConfig(vocab="bytes", epochs=1, **TINY)
+    config = TrainConfig(vocab="bytes", epochs=1, **shape)
     model = build_model(config, len(BYTES_VOCAB))
     compile_model(model, config)
     x = windows(encode(text, BYTES_VOCAB).astype(np.int32), config.maxlen, config.step)
@@ -55,15 +55,18 @@ def bytes_checkpoint(directory, text: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def runs(ray_local, texts: dict[str, str], tmp_path_factory) -> dict[str, str]:
+def runs(word_run: str, texts: dict[str, str], tmp_path_factory) -> dict[str, str]:
+    """word_run (on the first text) as the base, fine-tuned on the new text."""
+    base = checkpoint.best_in_run(word_run)
+    config = checkpoint.read_meta(base)["config"]
+    shape = {k: config[k] for k in SHAPE}
     storage = str(tmp_path_factory.mktemp("runs"))
-    common = dict(storage_path=storage, epochs=2, **TINY)
-    base = train(make_config(None, corpus=texts["a"], name="base", **common))
-    tuned = train(make_config(None, corpus=texts["b"], name="tuned",
-                              init_from=os.path.join(storage, "base"), **common))
+    tuned = train(make_config(None, corpus=texts["b"], storage_path=storage, name="tuned",
+                              init_from=word_run, epochs=2, **shape))
     made = bytes_checkpoint(str(tmp_path_factory.mktemp("bytes")),
-                            open(texts["b"], encoding="utf-8").read())
-    return {"storage": storage, "base": base, "tuned": tuned, "bytes": made}
+                            open(texts["b"], encoding="utf-8").read(), shape)
+    return {"base_run": word_run, "tuned_run": os.path.join(storage, "tuned"), "base": base,
+            "tuned": tuned, "bytes": made}
 
 
 def run_job(*argv: str) -> tuple[int, str, str]:
@@ -76,7 +79,7 @@ def scored(runs: dict[str, str], texts: dict[str, str], tmp_path_factory) -> dic
     """The three checkpoints on both texts' held-out tails, in one job."""
     output = str(tmp_path_factory.mktemp("eval") / "scores")
     status, out, err = run_job(
-        "--checkpoint", os.path.join(runs["storage"], "base"), "--checkpoint", runs["tuned"],
+        "--checkpoint", runs["base_run"], "--checkpoint", runs["tuned"],
         "--checkpoint", runs["bytes"], "--corpus", texts["dir"], "--output", output,
         "--concurrency", "2")
     assert status == 0, (out, err)
@@ -150,7 +153,7 @@ def test_a_directory_of_runs_stands_for_its_best_checkpoint(runs, tmp_path) -> N
     sweep = tmp_path / "sweep"
     sweep.mkdir()
     for name in ("base", "tuned"):
-        os.symlink(os.path.join(runs["storage"], name), sweep / name)
+        os.symlink(runs[f"{name}_run"], sweep / name)
     losses = {uri: checkpoint.read_meta(uri)["metrics"]["val_loss"]
               for uri in (runs["base"], runs["tuned"])}
     best = best_checkpoint(str(sweep))

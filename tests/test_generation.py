@@ -1,7 +1,7 @@
 """jobs.generate, jobs.sample and jobs.export end to end on one local Ray:
-two tiny runs trained by charlm itself (characters, and UTF-8 bytes of
-accented Latin and CJK), real actors, real Parquet read back with pandas,
-SavedModels loaded back."""
+two tiny runs trained by charlm itself (characters: the session's word_run,
+and UTF-8 bytes of accented Latin and CJK), real actors, real Parquet read
+back with pandas, SavedModels loaded back."""
 
 from __future__ import annotations
 
@@ -36,29 +36,23 @@ WORDS = ("café crème brûlée naïve señor über straße déjà élan façade
          "東京 日本語 漢字 中文 北京 大阪 学生 先生").split()
 
 
-def tiny_run(corpus: str, storage: str, name: str, **extra) -> str:
-    """One short epoch of a small model: its run directory."""
-    train(make_config(None, corpus=corpus, objective="all", maxlen=16, step=16, batch_size=32,
-                      units=32, learning_rate=0.02, clipnorm=1.0, epochs=1,
-                      storage_path=storage, name=name, **extra))
-    return os.path.join(storage, name)
-
-
 @pytest.fixture(scope="module")
-def runs(ray_local, corpus, tmp_path_factory) -> dict[str, str]:
-    """A run on a few English words (characters) and one on accented Latin and
-    CJK words (--vocab bytes)."""
-    storage = str(tmp_path_factory.mktemp("runs"))
+def byte_run(ray_local, tmp_path_factory) -> str:
+    """One short epoch of a small model on accented Latin and CJK words
+    (--vocab bytes): its run directory."""
     rng = random.Random(0)
     mixed = tmp_path_factory.mktemp("mixed") / "mixed.txt"
     mixed.write_text(" ".join(rng.choice(WORDS) for _ in range(4000)), encoding="utf-8")
-    return {"chars": tiny_run(corpus, storage, "words", max_steps=8),
-            "bytes": tiny_run(str(mixed), storage, "mixed", vocab="bytes")}
+    storage = str(tmp_path_factory.mktemp("runs"))
+    train(make_config(None, corpus=str(mixed), vocab="bytes", objective="all", maxlen=16,
+                      step=16, batch_size=32, units=32, learning_rate=0.02, clipnorm=1.0,
+                      epochs=1, storage_path=storage, name="mixed"))
+    return os.path.join(storage, "mixed")
 
 
 @pytest.fixture(scope="module")
-def char_run(runs) -> str:
-    return runs["chars"]
+def char_run(word_run) -> str:
+    return word_run
 
 
 def best(run: str) -> str:
@@ -338,11 +332,11 @@ def test_export_refuses_an_existing_output(char_run, tmp_path, capsys):
 # -- a byte-level run: UTF-8 in every job ---------------------------------------
 
 @pytest.fixture(scope="module")
-def byte_job(runs, tmp_path_factory):
+def byte_job(byte_run, tmp_path_factory):
     """The job's defaults (window context) on accented Latin and CJK seeds, one
     given in capitals, and two held-out seeds the run recorded."""
     out = tmp_path_factory.mktemp("gen") / "bytes"
-    path = run_job("--checkpoint", runs["bytes"], "--seed", "ÉLAN café ", "--seed", "東京 日本語 ",
+    path = run_job("--checkpoint", byte_run, "--seed", "ÉLAN café ", "--seed", "東京 日本語 ",
                    "--num-seeds", 2, "--temperatures", "0,0.8", "--length", 60, "--output", out)
     return pd.read_parquet(path)
 
@@ -351,9 +345,9 @@ def multi_byte(text: str) -> bool:
     return any(ord(c) > 0x7F and c != "\ufffd" for c in text)
 
 
-def test_byte_level_texts_are_utf8(byte_job, runs):
+def test_byte_level_texts_are_utf8(byte_job, byte_run):
     df = byte_job
-    meta = checkpoint.read_meta(best(runs["bytes"]))
+    meta = checkpoint.read_meta(best(byte_run))
     assert df["seed_text"].unique().tolist()[:3] == [
         meta["corpus"]["seed_text"], "élan café ", "東京 日本語 "]  # normalised as the corpus
     assert multi_byte(meta["corpus"]["seed_text"])
@@ -366,7 +360,8 @@ def test_byte_level_texts_are_utf8(byte_job, runs):
     assert (df["length"] < 60).any()
 
 
-def test_byte_level_sampler_and_export_give_the_jobs_texts(byte_job, runs, tmp_path, capsys):
+def test_byte_level_sampler_and_export_give_the_jobs_texts(byte_job, byte_run, tmp_path,
+                                                          capsys):
     """The same requests through the exported graph without charlm (one batch,
     mixed lengths) and the quick sampler (one at a time) give the job's texts;
     a length that ends inside a character ends both at the last whole one."""
@@ -384,7 +379,7 @@ def test_byte_level_sampler_and_export_give_the_jobs_texts(byte_job, runs, tmp_p
     want = df["text"].tolist() + [df["text"].iloc[i][:p]]
 
     out = tmp_path / "model"
-    export.main(["--checkpoint", runs["bytes"], "--output", str(out)])
+    export.main(["--checkpoint", byte_run, "--output", str(out)])
     assert f"to {out}" in capsys.readouterr().out and leftovers(out) == ["model"]
     got = load_exported(out, rows, lengths, tmp_path)
     assert got["text"] == want
@@ -393,7 +388,7 @@ def test_byte_level_sampler_and_export_give_the_jobs_texts(byte_job, runs, tmp_p
     for k, length in ((3, 60), (len(rows) - 1, cut_length)):
         row = rows.iloc[k]
         streamed = sample(SampleOptions(
-            checkpoint=runs["bytes"], prime=row.seed_text, temperature=row.temperature,
+            checkpoint=byte_run, prime=row.seed_text, temperature=row.temperature,
             length=length, sample_index=int(row.sample_index)), out=io.StringIO())
         assert streamed == want[k]
 

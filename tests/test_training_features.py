@@ -2,15 +2,12 @@
 a diverged loss that every worker obeys, in one clean line, TensorBoard event
 files (local and on S3), and a best checkpoint that is never a NaN.
 Fine-tuning, and bits per character of a run that learns:
-tests/test_training.py."""
+tests/test_training.py; Ctrl-C: tests/test_first_impressions.py."""
 
 import json
 import math
 import os
 import re
-import signal
-import threading
-import time
 from types import SimpleNamespace
 
 import pandas as pd
@@ -90,32 +87,6 @@ def test_a_diverged_run_stops_every_worker_in_one_clean_line(ray_local, corpus_f
     board = scalars(str(run / TENSORBOARD))
     assert set(board) == set(SCALARS)
     assert board["learning_rate"] == pytest.approx({1: history.learning_rate[0]})
-
-
-def test_ctrl_c_stops_the_run_at_a_checkpoint_and_says_how_to_resume(ray_local, corpus_file,
-                                                                   tmp_path, capsys):
-    """Ctrl-C (SIGINT, to this process as a terminal sends it) once a
-    checkpoint is kept: Ray Train aborts the run, and the job says so and how
-    to resume, "interrupted", exit 130, its checkpoints kept and Ray Train's
-    SIGINT handler not left behind."""
-    run = tmp_path / "cut"
-
-    def interrupt() -> None:
-        deadline = time.monotonic() + 120
-        while not list(run.glob("checkpoint_epoch_*")) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        os.kill(os.getpid(), signal.SIGINT)
-
-    handler = signal.getsignal(signal.SIGINT)
-    threading.Thread(target=interrupt, daemon=True).start()
-    with pytest.raises(SystemExit) as exit_:
-        jobs.train.main(["--corpus", corpus_file, *TINY_FLAGS, "--epochs", "500", "--max-steps",
-                         "4", "--storage-path", str(tmp_path), "--name", "cut"])
-    out, err = capsys.readouterr()
-    assert exit_.value.code == 130 and err.strip().splitlines()[-1] == "interrupted", (out, err)
-    assert out.strip().splitlines()[-1] == (f"run {run} stopped at its latest checkpoint; rerun "
-                                            "the same command to resume it"), out
-    assert checkpoint.in_run(str(run)) and signal.getsignal(signal.SIGINT) is handler
 
 
 def test_tensorboard_files_reach_s3(tmp_path, s3_env):
