@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import threading
 import time
@@ -131,6 +132,10 @@ def test_sweep_resumed_on_a_cluster_has_every_trial_on_s3_and_pandas_picks_the_b
     assert list(frame["status"][1:]) == [table.FINISHED] * 2
     assert list(frame["epoch"][1:]) == [EPOCHS] * 2
     best = frame[frame["best_val_loss"] == frame["best_val_loss"].min()]  # the twins may tie
+    # The searched seed is named once, in the table as in the best trial's line.
+    assert re.search(r"^best trial \S+: learning-rate=0\.01 seed=7: val_loss ", log, re.M), log
+    header = next(line for line in log.splitlines() if "best_val_loss" in line.split())
+    assert header.split().count("seed") == 1, header
     assert printed(log, "best checkpoint") in set(best["checkpoint"])
     for trial, uri in zip(best["trial"], best["checkpoint"], strict=True):
         assert uri.startswith(f"{sweep['dir']}/{trial}/checkpoint_")
