@@ -15,6 +15,14 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 # Each run's preemption watcher is one more process to start (no test
 # preempts a node). Test-only too; raycluster's clusters get the same.
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+# Ray's daemons, tuned for a machine that runs many short-lived workers: the
+# log monitor lists the logs directory every 0.5 s rather than every 0.1 s
+# (a new worker's output is forwarded up to 0.5 s later), and each node's
+# dashboard agent samples every process's stats once a minute, not every 5 s
+# (no test reads them). Test-only too; raycluster's clusters get the same.
+DAEMONS = {"RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0", "REPORTER_UPDATE_INTERVAL_MS": "60000"}
+for key, value in DAEMONS.items():
+    os.environ.setdefault(key, value)
 
 
 def uses(item: pytest.Item, fixture: str) -> bool:

@@ -11,6 +11,7 @@ this machine (other test runs start embedded ones).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -167,6 +168,9 @@ def ray_cluster(head_cpus: int, workers: list[tuple[int, int]] = (),
                     # has 10 s to answer each.
                     RAY_health_check_period_ms="1000",
                     RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0",
+                    # Ray's daemons as in the session's own Ray (conftest.DAEMONS).
+                    RAY_LOG_MONITOR_MANY_FILES_THRESHOLD="0",
+                    REPORTER_UPDATE_INTERVAL_MS="60000",
                     # Workers at normal priority, as the embedded Ray's
                     # (runtime.init_ray): at Ray's nice 15 the other test
                     # worker's processes would starve the cluster's jobs.
@@ -185,9 +189,13 @@ def ray_cluster(head_cpus: int, workers: list[tuple[int, int]] = (),
                  f"--num-cpus={n.cpus}", f"--num-gpus={n.gpus}", f"--temp-dir={n.temp_dir}"]
                 for i, n in enumerate(cluster.workers)], full_env)
         deadline = time.monotonic() + 90
-        while ray_cli(cluster, "job", "list", "--address", cluster.address).returncode != 0:
-            assert time.monotonic() < deadline, "the head's job API never came up"
-            time.sleep(2)
+        while True:
+            try:
+                jobs_client(cluster)
+                break
+            except (ConnectionError, RuntimeError):  # the head's job API not up yet
+                assert time.monotonic() < deadline, "the head's job API never came up"
+                time.sleep(1)
         yield cluster
     finally:
         kill(processes_under(root), signal.SIGKILL)  # nothing of theirs outlives the dir
@@ -203,37 +211,47 @@ def submit(cluster: Cluster, submission_id: str, *pipeline_args: str, module: st
     stopped) and the job's logs."""
     env_vars = {k: os.environ[k] for k in (POLL,) if k in os.environ} | (env_vars or {})
     runtime_env = {"excludes": EXCLUDES, **({"env_vars": env_vars} if env_vars else {})}
-    cmd = ["job", "submit", "--address", cluster.address, "--submission-id", submission_id,
-           "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env),
-           *([] if wait else ["--no-wait"]), "--", "python", "-m", f"jobs.{module}",
-           *pipeline_args]
-    try:
-        proc = ray_cli(cluster, *cmd, timeout=JOB_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        ray_cli(cluster, "job", "stop", "--address", cluster.address, submission_id)
-        pytest.fail(f"job {submission_id} not done after {JOB_TIMEOUT_S}s:\n"
-                    + logs(cluster, submission_id)[-5000:])
-    if not wait:
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-        return "submitted", ""
-    return wait_for(cluster, submission_id)
+    proc = ray_cli(cluster, "job", "submit", "--address", cluster.address, "--submission-id",
+                   submission_id, "--working-dir", ".", "--runtime-env-json",
+                   json.dumps(runtime_env), "--no-wait", "--", "python", "-m", f"jobs.{module}",
+                   *pipeline_args)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return wait_for(cluster, submission_id) if wait else ("submitted", "")
+
+
+# The job SDK and the state API, in this process: each `ray job status` or
+# `ray list` would be a new Python importing Ray, and the tests poll.
+ENDED = {"SUCCEEDED": "succeeded", "FAILED": "failed", "STOPPED": "stopped"}
+
+
+def _headers(cluster: Cluster) -> dict[str, str]:
+    with open(cluster.env["RAY_AUTH_TOKEN_PATH"], encoding="utf-8") as f:
+        return {"Authorization": f"Bearer {f.read().strip()}"}
+
+
+def jobs_client(cluster: Cluster):
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(cluster.address, headers=_headers(cluster))
 
 
 def wait_for(cluster: Cluster, submission_id: str,
              timeout: float = JOB_TIMEOUT_S) -> tuple[str, str]:
     """The job's final status and its logs, once it has ended."""
+    client = jobs_client(cluster)
     deadline = time.monotonic() + timeout
-    while True:
-        proc = ray_cli(cluster, "job", "status", "--address", cluster.address, submission_id)
-        found = re.search(rf"Job '{submission_id}' (succeeded|failed|was stopped)",
-                          proc.stdout + proc.stderr)
-        if found:
-            return found.group(1), logs(cluster, submission_id)
+    while (status := str(client.get_job_status(submission_id).value)) not in ENDED:
         if time.monotonic() > deadline:
-            ray_cli(cluster, "job", "stop", "--address", cluster.address, submission_id)
+            client.stop_job(submission_id)
             pytest.fail(f"job {submission_id} not done after {timeout}s:\n"
-                        + logs(cluster, submission_id)[-5000:])
-        time.sleep(2)
+                        + client.get_job_logs(submission_id)[-5000:])
+        time.sleep(1)
+    return ENDED[status], client.get_job_logs(submission_id)
+
+
+def seconds_ran(cluster: Cluster, submission_id: str) -> float:
+    info = jobs_client(cluster).get_job_info(submission_id)
+    return (info.end_time - info.start_time) / 1000
 
 
 class Jobs:
@@ -252,18 +270,13 @@ class Jobs:
         if submission_id not in self.found:
             try:
                 status, log = wait_for(self.cluster, submission_id, self.timeout)
-                job = state(self.cluster, "jobs", f"submission_id={submission_id}")[0]
                 self.found[submission_id] = (status, log,
-                                             (job["end_time"] - job["start_time"]) / 1000)
+                                             seconds_ran(self.cluster, submission_id))
             except BaseException as e:  # pytest.fail's too: each job is waited for once
                 self.found[submission_id] = e
         if isinstance(self.found[submission_id], BaseException):
             raise self.found[submission_id]
         return self.found[submission_id]
-
-
-def logs(cluster: Cluster, submission_id: str) -> str:
-    return ray_cli(cluster, "job", "logs", "--address", cluster.address, submission_id).stdout
 
 
 def printed(log: str, label: str) -> str:
@@ -277,19 +290,20 @@ def error_lines(log: str) -> list[str]:
     return [line for line in log.splitlines() if line.startswith("error: ")]
 
 
-def state(cluster: Cluster, kind: str, *filters: str) -> list[dict]:
-    """Ray's state API (`ray list <kind>`), dead entries included."""
-    args = ["list", kind, "--address", cluster.address, "--format", "json", "--detail",
-            "--limit", "10000"]
-    for f in filters:
-        args += ["--filter", f]
-    proc = ray_cli(cluster, *args)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads(proc.stdout)
+def state(cluster: Cluster, kind: str, **equal: str) -> list[dict]:
+    """Ray's state API (what `ray list <kind>` shows), dead entries included."""
+    from ray.util.state import StateApiClient
+    from ray.util.state.common import ListApiOptions, StateResource
+
+    client = StateApiClient(cluster.address, headers=_headers(cluster))
+    options = ListApiOptions(limit=10000, detail=True,
+                             filters=[(k, "=", v) for k, v in equal.items()])
+    rows = client.list(StateResource(kind), options, raise_on_missing_output=False)
+    return [row.dict() if hasattr(row, "dict") else dataclasses.asdict(row) for row in rows]
 
 
 def job_id(cluster: Cluster, submission_id: str) -> str:
-    jobs = state(cluster, "jobs", f"submission_id={submission_id}")
+    jobs = state(cluster, "jobs", submission_id=submission_id)
     assert len(jobs) == 1, jobs
     return jobs[0]["job_id"]
 

@@ -62,8 +62,8 @@ def history_epochs(run: str) -> list[int]:
 
 def train_worker_nodes(cluster: Cluster, submission_id: str) -> list[str]:
     """The node of every Ray Train worker the job started, from Ray's state API."""
-    actors = state(cluster, "actors", "class_name=RayTrainWorker",
-                   f"job_id={job_id(cluster, submission_id)}")
+    actors = state(cluster, "actors", class_name="RayTrainWorker",
+                   job_id=job_id(cluster, submission_id))
     return [a["node_id"] for a in actors]
 
 

@@ -26,6 +26,7 @@ from raycluster import (
     Cluster,
     error_lines,
     ray_cluster,
+    seconds_ran,
     state,
     submit,
     wait_for,
@@ -104,8 +105,7 @@ class Stuck:
 
     def _job(self, name: str) -> tuple[str, str, float]:
         status, log = wait_for(self.head, name, timeout=DEADLINE + MARGIN + 60)
-        job = state(self.head, "jobs", f"submission_id={name}")[0]
-        return status, log, (job["end_time"] - job["start_time"]) / 1000
+        return status, log, seconds_ran(self.head, name)
 
     def _train_file(self) -> tuple[str, str, float]:
         try:
