@@ -128,15 +128,27 @@ def _node_ports(ports: list[int]) -> list[str]:
             "--min-worker-port=0", "--max-worker-port=0"]  # workers: any free port
 
 
-def _start(commands: list[list[str]], env: dict[str, str]) -> None:
-    """`ray start` with each command's flags, all at once; each must succeed."""
+def _start(commands: list[list[str]], env: dict[str, str], retries: int = 1) -> None:
+    """`ray start` with each command's flags, all at once; each must succeed.
+    `ray start` gives a raylet 30 s to register (Ray 2.60's node.py, not
+    configurable): on a loaded 2-core machine a node that misses it is
+    stopped (its processes, by its --temp-dir) and started again, `retries`
+    times."""
     procs = [subprocess.Popen([RAY, "start", *cmd, "--node-ip-address=127.0.0.1",
                                "--object-store-memory=200000000", "--disable-usage-stats"],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, start_new_session=True) for cmd in commands]
-    for proc in procs:
+    again = []
+    for cmd, proc in zip(commands, procs, strict=True):
         out, err = proc.communicate(timeout=180)
+        if proc.returncode != 0 and retries and "timed out during startup" in err:
+            temp_dir = next(a.split("=", 1)[1] for a in cmd if a.startswith("--temp-dir="))
+            kill(processes_under(temp_dir + os.sep), signal.SIGKILL)
+            again.append(cmd)
+            continue
         assert proc.returncode == 0, out[-2000:] + err[-3000:]
+    if again:
+        _start(again, env, retries - 1)
 
 
 def ray_cli(cluster: Cluster, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
