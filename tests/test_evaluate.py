@@ -1,6 +1,7 @@
 """jobs.evaluate end to end on a local Ray: tiny runs trained in-process (the
-session's word_run, and one fine-tuned from it), scored by real actors on a
-directory of texts, read back with pandas."""
+session's word_run, one fine-tuned from it, which beats the same training from
+scratch), scored by real actors on a directory of texts, read back with
+pandas."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from raycluster import run_main
 from charlm.config import TrainConfig, make_config
 from charlm.data.corpus import BYTES_VOCAB, encode
 from charlm.data.windows import holdout_start, window_count, windows
+from charlm.errors import CharlmError
 from charlm.evaluation.runs import best_checkpoint
 from charlm.evaluation.score import Scorer, ids_of
 from charlm.model import checkpoint
@@ -56,17 +58,19 @@ def bytes_checkpoint(directory, text: str, shape: dict) -> str:
 
 @pytest.fixture(scope="module")
 def runs(word_run: str, texts: dict[str, str], tmp_path_factory) -> dict[str, str]:
-    """word_run (on the first text) as the base, fine-tuned on the new text."""
+    """word_run (on the first text) as the base, fine-tuned on the new text;
+    the same training from scratch beside it."""
     base = checkpoint.best_in_run(word_run)
     config = checkpoint.read_meta(base)["config"]
     shape = {k: config[k] for k in SHAPE}
     storage = str(tmp_path_factory.mktemp("runs"))
-    tuned = train(make_config(None, corpus=texts["b"], storage_path=storage, name="tuned",
-                              init_from=word_run, epochs=2, **shape))
+    common = dict(corpus=texts["b"], storage_path=storage, epochs=2, **shape)
+    tuned = train(make_config(None, name="tuned", init_from=word_run, **common))
+    scratch = train(make_config(None, name="scratch", **common))
     made = bytes_checkpoint(str(tmp_path_factory.mktemp("bytes")),
                             open(texts["b"], encoding="utf-8").read(), shape)
     return {"base_run": word_run, "tuned_run": os.path.join(storage, "tuned"), "base": base,
-            "tuned": tuned, "bytes": made}
+            "tuned": tuned, "scratch": scratch, "bytes": made, "common": common}
 
 
 def run_job(*argv: str) -> tuple[int, str, str]:
@@ -109,6 +113,29 @@ def test_fine_tuned_checkpoint_beats_its_base_on_the_new_text(scored: dict, runs
     base = row(scored["frame"], runs["base"], texts["b"])
     assert tuned["loss"] < base["loss"] - 0.3, (tuned["loss"], base["loss"])
     assert tuned["skipped"] == 0
+
+
+def test_fine_tuning_beats_training_from_scratch(runs) -> None:
+    """--init-from: the same epochs on the new text, whose accented letters
+    the base never saw, end lower than from scratch; each new character has
+    a fresh row, every old one its old row; another shape is refused."""
+    def val_loss(ckpt: str) -> float:
+        return checkpoint.read_meta(ckpt)["metrics"]["val_loss"]
+
+    assert val_loss(runs["tuned"]) < val_loss(runs["scratch"]) - 0.2, \
+        (val_loss(runs["tuned"]), val_loss(runs["scratch"]))
+    meta = checkpoint.read_meta(runs["tuned"])
+    init = meta["init_from"]
+    old_vocab = checkpoint.read_meta(runs["base"])["vocab"]
+    assert init["checkpoint"] == runs["base"] and "é" in init["new_chars"]
+    assert init["new_chars"] == "".join(c for c in meta["vocab"] if c not in old_vocab)
+    assert [old_vocab[i] if i >= 0 else None for i in init["old_ids"]] == \
+        [c if c in old_vocab else None for c in meta["vocab"]]
+
+    units = runs["common"]["units"]
+    with pytest.raises(CharlmError, match=f"--units {units} --layers 1"):
+        train(make_config(None, name="bad", init_from=runs["base"],
+                          **{**runs["common"], "units": units // 2}))
 
 
 def test_characters_outside_the_vocabulary_are_skipped_and_counted(scored: dict, runs,

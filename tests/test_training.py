@@ -1,7 +1,7 @@
 """Real Ray Train runs on a small corpus: two workers learn and keep their
 best checkpoints and the latest; a lost worker replaced and a killed job
 resubmitted both resume exactly; --seed decides the run; a changed model is
-refused before any worker starts; and --init-from fine-tunes."""
+refused before any worker starts. Fine-tuning: tests/test_evaluate.py."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ import pytest
 import jobs.train
 from charlm.config import make_config
 from charlm.data.corpus import load_corpus
-from charlm.errors import CharlmError
 from charlm.model import checkpoint
 from charlm.training.metrics import HISTORY
 from charlm.training.trainer import train
@@ -199,31 +198,3 @@ def test_resuming_under_changed_model_flags_is_one_line_and_leaves_the_run(strai
         assert len(err) == 1 and err[0].startswith(f"error: run {run} "), err
         assert all(n in err[0] for n in needles), err[0]
     assert snapshot() == before
-
-
-def test_fine_tuning_beats_training_from_scratch(straight, tmp_path, runs):
-    """The straight run fine-tuned for one epoch on another part of the docs,
-    in which '.' became a character it never saw, does better than one epoch
-    from scratch; the new character has its own fresh row."""
-    docs = load_corpus("python-docs").text
-    new = tmp_path / "new.txt"
-    new.write_text(docs[200_000:230_000].replace(".", "•"), encoding="utf-8")
-    common = dict(corpus=str(new), storage_path=runs, epochs=1, **{**TINY, "units": 32})
-    base = checkpoint.best_in_run(straight["dir"])
-    tuned, _ = quietly(make_config(None, name="tuned", init_from=straight["dir"], **common))
-    scratch, _ = quietly(make_config(None, name="scratch", **common))
-
-    def val_loss(ckpt):
-        return checkpoint.read_meta(ckpt)["metrics"]["val_loss"]
-
-    assert val_loss(tuned) < val_loss(scratch) - 0.2, (val_loss(tuned), val_loss(scratch))
-    meta = checkpoint.read_meta(tuned)
-    init = meta["init_from"]
-    old_vocab = checkpoint.read_meta(base)["vocab"]
-    assert init["checkpoint"] == base and "•" in init["new_chars"]
-    assert init["new_chars"] == "".join(c for c in meta["vocab"] if c not in old_vocab)
-    assert [old_vocab[i] if i >= 0 else None for i in init["old_ids"]] == \
-        [c if c in old_vocab else None for c in meta["vocab"]]
-
-    with pytest.raises(CharlmError, match="--units 32 --layers 1"):
-        train(make_config(None, name="bad", init_from=base, **{**common, "units": 16}))
