@@ -29,6 +29,13 @@ def uses(item: pytest.Item, fixture: str) -> bool:
     return fixture in getattr(item, "fixturenames", ())
 
 
+# The groups that take longest (`--durations`), longest first. xdist hands out
+# groups in collection order as its workers free up: these start early, and
+# the short ones even out the end. Only the balance depends on this list.
+LONGEST = ("test_training", "word_run", "test_submit", "test_training_features",
+           "test_checkpoint")
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist (--dist loadgroup) the tests on the multi-node
@@ -36,15 +43,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     every other module whole in one: each session or module fixture is then
     built once. Run serially, the multi-node tests come last (the cluster's
     five nodes' daemons, busy even when idle, then live only while they run);
-    under xdist, first (the longest group starts at once)."""
+    under xdist, first (the longest group starts at once), then LONGEST."""
     readers = {item.module.__name__ for item in items if uses(item, "word_run")}
+    groups = {}
     for item in items:
         module = item.module.__name__
-        group = ("multinode" if uses(item, "multinode")
-                 else "word_run" if module in readers else module)
-        item.add_marker(pytest.mark.xdist_group(group))
+        groups[item] = ("multinode" if uses(item, "multinode")
+                        else "word_run" if module in readers else module)
+        item.add_marker(pytest.mark.xdist_group(groups[item]))
     parallel = "PYTEST_XDIST_WORKER" in os.environ
-    items.sort(key=lambda item: uses(item, "multinode") != parallel)
+    rank = {group: i for i, group in enumerate(LONGEST)}
+    items.sort(key=lambda item: (uses(item, "multinode") != parallel,
+                                 rank.get(groups[item], len(LONGEST))))
 
 
 @pytest.fixture(scope="session")
