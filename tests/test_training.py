@@ -29,10 +29,10 @@ TINY = dict(objective="all", maxlen=32, step=32, batch_size=32, units=16, learni
 # Two workers, everything random and everything stateful: each worker's data
 # position, dropout's generator, optimizer slots and step, a rate that rises
 # with the step for the first 30, the weights' average; an odd batch
-# (rounded down to 32); 4 epochs of 18 steps, the 2 best checkpoints kept;
+# (rounded down to 32); 8 epochs of 9 steps, the 2 best checkpoints kept;
 # one worker may be lost and replaced.
-RUN = dict(num_workers=2, epochs=4, max_steps=18, keep_checkpoints=2, max_failures=1, seed=11,
-           dropout=0.3, warmup_steps=30, weight_average=0.9, sample_every=4,
+RUN = dict(num_workers=2, epochs=8, max_steps=9, keep_checkpoints=2, max_failures=1, seed=11,
+           dropout=0.3, warmup_steps=30, weight_average=0.9, sample_every=8,
            **{**TINY, "units": 32, "batch_size": 33, "learning_rate": 0.02})
 
 
@@ -118,7 +118,7 @@ def test_two_workers_learn_below_unigram_entropy(straight, corpus_file):
     out = straight["out"]
     assert meta["config"]["batch_size"] == 32 and "training at 32 (16 per worker)" in out
     assert meta["config"]["preset"] == "seed"
-    assert out.count("epoch 4/4") == 1 and "best checkpoint: " + straight["best"] in out
+    assert out.count("epoch 8/8") == 1 and "best checkpoint: " + straight["best"] in out
     assert out.count("samples after epoch") == 1 and out.count("  T=") == 4
     model, _ = checkpoint.load_model(straight["best"])
     assert model.output_shape == (None, len(meta["vocab"]))
@@ -129,9 +129,10 @@ def test_a_run_keeps_its_best_checkpoints_and_the_latest(straight):
     latest; the best is the one train() names. Every report carries the
     optimizer steps done, as history.parquet does."""
     history = pd.read_parquet(os.path.join(straight["dir"], HISTORY))
-    assert list(history.epoch) == [1, 2, 3, 4] and list(history.step) == [18, 36, 54, 72]
+    assert list(history.epoch) == list(range(1, 9))
+    assert list(history.step) == list(range(9, 73, 9))
     two_best = set(history.sort_values("val_loss").epoch[:2])
-    assert set(kept(straight["dir"])) == two_best | {4}
+    assert set(kept(straight["dir"])) == two_best | {8}
     best_epoch = int(history.epoch[history.val_loss.idxmin()])
     assert straight["best"] == os.path.join(straight["dir"], f"checkpoint_epoch_{best_epoch:04d}")
     assert [(r["epoch"], r["step"]) for r in straight["reports"]] == \
@@ -140,22 +141,22 @@ def test_a_run_keeps_its_best_checkpoints_and_the_latest(straight):
 
 
 def test_a_lost_worker_and_a_killed_job_both_resume_exactly(straight, corpus_file, runs):
-    """One of the two workers killed after epoch 1: Ray Train replaces the
+    """One of the two workers killed after epoch 2: Ray Train replaces the
     group (--max-failures 1), which resumes from that checkpoint. Killed
-    again after epoch 3, the job fails; resubmitted with the same flags, it
+    again after epoch 5, the job fails; resubmitted with the same flags, it
     resumes from its latest kept checkpoint. Its per-epoch losses are those
     of the run done in one go."""
     config = make_config(None, corpus=corpus_file, storage_path=runs, name="cut", **RUN)
     cut = os.path.join(runs, "cut")
     out = io.StringIO()
     with pytest.raises(Exception), contextlib.redirect_stdout(out):  # noqa: B017 - whatever Ray raises
-        train(config, [reports(os.path.join(runs, "cut.reports"), kill_after=(1, 3))])
+        train(config, [reports(os.path.join(runs, "cut.reports"), kill_after=(2, 5))])
     out = out.getvalue()
-    assert "resumed from epoch 1" in out and out.count("epoch 1/4") == 1, out
-    assert 3 in kept(cut) and len(kept(cut)) <= 3
+    assert "resumed from epoch 2" in out and out.count("epoch 2/8") == 1, out
+    assert 5 in kept(cut) and len(kept(cut)) <= 3
     best, out = quietly(config)
     resumed = re.search(r"resumed from epoch (\d+)", out)
-    assert resumed and int(resumed.group(1)) == 3, out
+    assert resumed and int(resumed.group(1)) == 5, out
     assert np.abs(losses(cut).to_numpy() - losses(straight["dir"]).to_numpy()).max() <= 1e-5
     assert len(kept(cut)) <= 3
     assert os.path.basename(best) == os.path.basename(straight["best"])
@@ -180,7 +181,7 @@ def test_resuming_under_changed_model_flags_is_one_line_and_leaves_the_run(strai
     before = snapshot()
     flags = ["--corpus", straight["config"].corpus, "--storage-path", os.path.dirname(run),
              "--name", "straight", "--objective", "all", "--maxlen", "32", "--step", "32",
-             "--batch-size", "32", "--num-workers", "2", "--max-steps", "18", "--epochs", "4",
+             "--batch-size", "32", "--num-workers", "2", "--max-steps", "9", "--epochs", "8",
              "--dropout", "0.3", "--warmup-steps", "30", "--learning-rate", "0.02",
              "--seed", "11"]
     for changed, needles in [
