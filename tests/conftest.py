@@ -5,6 +5,7 @@ test modules share live here."""
 import os
 
 import pytest
+from raycluster import SESSION
 
 import charlm  # noqa: F401
 
@@ -12,16 +13,7 @@ import charlm  # noqa: F401
 # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, read from the driver's environment): each
 # tiny test run's start and end would wait for a poll. A test-only setting.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-# Each run's preemption watcher is one more process to start (no test
-# preempts a node). Test-only too; raycluster's clusters get the same.
-os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-# Ray's daemons, tuned for a machine that runs many short-lived workers: the
-# log monitor lists the logs directory every 0.5 s rather than every 0.1 s
-# (a new worker's output is forwarded up to 0.5 s later), and each node's
-# dashboard agent samples every process's stats once a minute, not every 5 s
-# (no test reads them). Test-only too; raycluster's clusters get the same.
-DAEMONS = {"RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0", "REPORTER_UPDATE_INTERVAL_MS": "60000"}
-for key, value in DAEMONS.items():
+for key, value in SESSION.items():  # Ray's settings for test sessions
     os.environ.setdefault(key, value)
 
 
@@ -53,7 +45,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         item.add_marker(pytest.mark.xdist_group(groups[item]))
     parallel = "PYTEST_XDIST_WORKER" in os.environ
     rank = {group: i for i, group in enumerate(LONGEST)}
-    items.sort(key=lambda item: (uses(item, "multinode") != parallel,
+    items.sort(key=lambda item: ((groups[item] == "multinode") != parallel,
                                  rank.get(groups[item], len(LONGEST))))
 
 

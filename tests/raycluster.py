@@ -38,6 +38,17 @@ RAY = os.path.join(BIN, "ray")
 EXCLUDES = [".venv", ".git", "**/__pycache__", ".pytest_cache", ".ruff_cache", "runs", "out",
             "*.egg-info", "build", "benchmarks/logs"]
 JOB_TIMEOUT_S = 300
+# Ray's settings for test sessions, in the session's own Ray (conftest) and on
+# every test cluster's nodes; none changes what charlm does:
+# - no preemption watcher per Ray Train run (no test preempts a node): one
+#   process fewer to start;
+# - the log monitor lists the logs directory every 0.5 s, not every 0.1 s (a
+#   new worker's output is forwarded up to 0.5 s later);
+# - each node's dashboard agent samples every process's stats once a minute,
+#   not every 5 s (no test reads them).
+SESSION = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+           "RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0",
+           "REPORTER_UPDATE_INTERVAL_MS": "60000"}
 POLL = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 # A job that proves wiring, not learning: one tiny epoch, two seeds.
 TINY = ["--train.epochs", "1", "--train.max-steps", "4", "--train.units", "16",
@@ -178,11 +189,7 @@ def ray_cluster(head_cpus: int, workers: list[tuple[int, int]] = (),
                     # A lost node is known in ~5 s, not Ray's default ~15 s
                     # (5 missed health checks, every 3 s); an alive one still
                     # has 10 s to answer each.
-                    RAY_health_check_period_ms="1000",
-                    RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0",
-                    # Ray's daemons as in the session's own Ray (conftest.DAEMONS).
-                    RAY_LOG_MONITOR_MANY_FILES_THRESHOLD="0",
-                    REPORTER_UPDATE_INTERVAL_MS="60000",
+                    RAY_health_check_period_ms="1000", **SESSION,
                     # Workers at normal priority, as the embedded Ray's
                     # (runtime.init_ray): at Ray's nice 15 the other test
                     # worker's processes would starve the cluster's jobs.
@@ -252,7 +259,7 @@ def wait_for(cluster: Cluster, submission_id: str,
     """The job's final status and its logs, once it has ended."""
     client = jobs_client(cluster)
     deadline = time.monotonic() + timeout
-    while (status := str(client.get_job_status(submission_id).value)) not in ENDED:
+    while (status := client.get_job_status(submission_id).value) not in ENDED:
         if time.monotonic() > deadline:
             client.stop_job(submission_id)
             pytest.fail(f"job {submission_id} not done after {timeout}s:\n"

@@ -23,7 +23,8 @@ from charlm.model import checkpoint
 from charlm.training.trainer import train
 from jobs import evaluate as job
 
-# What the fine-tuned run and the byte-level checkpoint take from word_run's config.
+# What the fine-tuned and scratch runs and the byte-level checkpoint take from
+# word_run's config.
 SHAPE = ("units", "maxlen", "step", "batch_size", "objective", "learning_rate", "clipnorm")
 # The new text: other words, with letters the first corpus never had.
 NEW_WORDS = "über café naïve façade déjà smörgåsbord piñata crème brûlée jalapeño".split()

@@ -23,17 +23,17 @@ from charlm.data.corpus import load_corpus
 from charlm.model import checkpoint
 from charlm.training.metrics import HISTORY
 from charlm.training.trainer import train
+from charlm.tuning.search import flag
 
-TINY = dict(objective="all", maxlen=32, step=32, batch_size=32, units=16, learning_rate=0.01,
-            clipnorm=1.0)
 # Two workers, everything random and everything stateful: each worker's data
 # position, dropout's generator, optimizer slots and step, a rate that rises
 # with the step for the first 30, the weights' average; an odd batch
 # (rounded down to 32); 8 epochs of 9 steps, the 2 best checkpoints kept;
 # one worker may be lost and replaced.
-RUN = dict(num_workers=2, epochs=8, max_steps=9, keep_checkpoints=2, max_failures=1, seed=11,
-           dropout=0.3, warmup_steps=30, weight_average=0.9, sample_every=8,
-           **{**TINY, "units": 32, "batch_size": 33, "learning_rate": 0.02})
+RUN = dict(objective="all", maxlen=32, step=32, batch_size=33, units=32, learning_rate=0.02,
+           clipnorm=1.0, num_workers=2, epochs=8, max_steps=9, keep_checkpoints=2,
+           max_failures=1, seed=11, dropout=0.3, warmup_steps=30, weight_average=0.9,
+           sample_every=8)
 
 
 def reports(path: str, kill_after: tuple[int, ...] = ()):
@@ -179,11 +179,11 @@ def test_resuming_under_changed_model_flags_is_one_line_and_leaves_the_run(strai
                       for d, _, files in os.walk(run) for f in files)
 
     before = snapshot()
+    # RUN's own flags but the two each case sets.
     flags = ["--corpus", straight["config"].corpus, "--storage-path", os.path.dirname(run),
-             "--name", "straight", "--objective", "all", "--maxlen", "32", "--step", "32",
-             "--batch-size", "32", "--num-workers", "2", "--max-steps", "9", "--epochs", "8",
-             "--dropout", "0.3", "--warmup-steps", "30", "--learning-rate", "0.02",
-             "--seed", "11"]
+             "--name", "straight", *[a for k, v in RUN.items()
+                                     if k not in ("units", "weight_average")
+                                     for a in (flag(k), str(v))]]
     for changed, needles in [
             (["--units", "16", "--weight-average", "0"],
              ["--units 32 --weight-average 0.9", "--units 16 --weight-average 0 (off)",
