@@ -77,6 +77,19 @@ def test_micro_batches_take_the_same_step_as_the_whole_batch(objective, precisio
         assert np.abs(b - s0).max() > 1e-3  # the step moved every weight
 
 
+def test_the_training_step_is_compiled_once():
+    """compile_model builds the optimizer's slots, so the first step creates no
+    variable and tf.function keeps its first trace (dropout's generator, the
+    weight average and fp16's loss scale are made before it too)."""
+    config = TrainConfig(units=8, dropout=0.2, weight_average=0.9, precision="fp16")
+    model = build_model(config, 12)
+    compile_model(model, config)
+    w = np.random.default_rng(4).integers(0, 12, size=(8, 9)).astype(np.int32)
+    for _ in range(2):
+        model.train_on_batch(*split_xy(w, config.objective))
+    assert model.train_function.experimental_get_tracing_count() == 1
+
+
 def test_training_input_runs_without_autotuning_and_keeps_its_elements():
     data = tf.data.Dataset.range(10).batch(4).prefetch(2)
     assert data.options().autotune.enabled is not False  # TensorFlow's default: on

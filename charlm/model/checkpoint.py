@@ -96,17 +96,15 @@ def save(directory: str, model: CharLM, meta: dict) -> None:
 
 def restore(directory: str, model: CharLM) -> None:
     """Resume: the weights as trained, the average, the optimizer and
-    dropout's generators, all read before this returns. The optimizer's slots
-    are built first: TensorFlow otherwise restores them lazily, at the first
-    training step, from files that may be gone by then (Ray Train's local
-    copy of a checkpoint on object storage is deleted when its
-    as_directory() closes)."""
+    dropout's generators, all read before this returns. `model` comes from
+    compile_model, which built the optimizer's slots: TensorFlow would
+    otherwise restore them lazily, at the first training step, from files
+    that may be gone by then (Ray Train's local copy of a checkpoint on
+    object storage is deleted when its as_directory() closes)."""
     import tensorflow as tf
 
-    from charlm.model.network import inner_optimizer, loss_scaler
+    from charlm.model.network import loss_scaler
 
-    with model.distribute_strategy.scope():
-        inner_optimizer(model.optimizer).build(model.trainable_variables)
     prefix = os.path.join(directory, STATE)
     slots = _slots(model)
     saved = [name for name, _ in tf.train.list_variables(prefix)]

@@ -233,12 +233,15 @@ def compile_model(model: CharLM, config: TrainConfig, total_steps: int = 1) -> N
     Batches are sliced on CPU workers only. With --weight-average, the
     average starts from the model's weights as they are now. Under fp16 the
     optimizer is wrapped in a dynamic LossScaleOptimizer (it skips a step
-    whose gradients overflow, and lowers the scale)."""
+    whose gradients overflow, and lowers the scale). The optimizer's slots
+    are built here, not in the first step: a trace that creates variables is
+    traced again, so the training step would be compiled twice."""
     model.micro_batch = None if config.use_gpu else config.micro_batch
     with model.distribute_strategy.scope():
         optimizer = {"rmsprop": tf.keras.optimizers.RMSprop, "adam": tf.keras.optimizers.Adam}[
             config.optimizer](learning_rate=learning_rate(config, total_steps),
                               clipnorm=config.clipnorm, global_clipnorm=config.global_clipnorm)
+        optimizer.build(model.trainable_variables)
         if config.precision == "fp16":
             optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
     model.compile(optimizer=optimizer, loss=tf.keras.losses.SparseCategoricalCrossentropy(),
