@@ -127,10 +127,16 @@ def test_directory_of_txt_files_in_name_order(tmp_path):
     assert load_corpus(f"file://{d}").text == "first second"  # the URI (s3, gs) path
 
 
-def test_python_docs():
+def test_python_docs_is_running_text_not_runs_of_spaces():
+    """The offline demo corpus, a new user's first: prose, not code layout."""
     c = load_corpus("python-docs")
     assert (c.name, c.source) == ("python-docs", "pydoc_data.topics")
-    assert len(c.text) > 100_000 and c.text == c.text.lower() and "\n" not in c.text
+    assert len(c.text) > 300_000 and c.text == c.text.lower() and "\n" not in c.text
+    assert "  " not in c.text, "indentation and code layout became runs of spaces"
+    assert "===" not in c.text and ">>> " not in c.text
+    assert c.sha256 == load_corpus("python-docs").sha256
+    lines = load_corpus("python-docs", keep_newlines=True).text.split("\n")
+    assert all(line and line == line.strip() for line in lines)
 
 
 def test_http_url(server):

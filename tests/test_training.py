@@ -1,16 +1,25 @@
 """Real Ray Train runs on a small corpus: two workers learn and keep their
-best checkpoints and the latest; a lost worker replaced and a killed job
-resubmitted both resume exactly; --seed decides the run; a changed model is
-refused before any worker starts. Fine-tuning: tests/test_evaluate.py."""
+best checkpoints and the latest; a job in a terminal shows a progress bar,
+loses a worker, which is replaced, and stops at a checkpoint on Ctrl-C; the
+job rerun and the replaced worker both resume exactly; --seed decides the
+run; a changed model is refused before any worker starts. Fine-tuning:
+tests/test_evaluate.py."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import math
 import os
+import pty
 import re
+import signal
+import struct
+import sys
+import termios
+import threading
 from collections import Counter
 
 import numpy as np
@@ -18,6 +27,7 @@ import pandas as pd
 import pytest
 
 import jobs.train
+from charlm.cli import run_job
 from charlm.config import make_config
 from charlm.data.corpus import load_corpus
 from charlm.model import checkpoint
@@ -36,11 +46,12 @@ RUN = dict(objective="all", maxlen=32, step=32, batch_size=33, units=32, learnin
            sample_every=8)
 
 
-def reports(path: str, kill_after: tuple[int, ...] = ()):
+def reports(path: str, kill_after: tuple[int, ...] = (), interrupt_after: int = 0):
     """A Ray Train UserCallback (run in Train's controller): appends rank 0's
-    metrics of every report to `path`, one JSON line each, and after each
-    epoch of `kill_after` is reported (its checkpoint registered by then)
-    kills the last of this test's training workers with SIGKILL."""
+    metrics of every report to `path`, one JSON line each. After each epoch
+    of `kill_after` is reported (its checkpoint registered by then), it kills
+    the last of this test's training workers with SIGKILL; after epoch
+    `interrupt_after`, it sends this test's process SIGINT, as Ctrl-C does."""
     import psutil
     from ray.train import UserCallback
 
@@ -59,8 +70,49 @@ def reports(path: str, kill_after: tuple[int, ...] = ()):
                            if "RayTrainWorker" in " ".join(p.cmdline())]
                 assert workers, "no Ray Train worker process found"
                 workers[-1].kill()
+            if epoch == interrupt_after:
+                os.kill(test, signal.SIGINT)
 
     return Reports()
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+@contextlib.contextmanager
+def terminal(columns: int = 160):
+    """sys.stdout a terminal's (a pty) within the block, as a user's shell
+    gives it; yields a list that holds its output, without ANSI codes, once
+    the block ends."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    chunks: list[bytes] = []
+
+    def read() -> None:  # drain the terminal as the job writes, or its writes block
+        while True:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's last writer closed it
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    stream = os.fdopen(follower, "w", encoding="utf-8", buffering=1)
+    output: list[str] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "stdout", stream)
+        patch.setenv("TERM", "xterm")
+        patch.setenv("COLUMNS", str(columns))
+        try:
+            yield output
+        finally:
+            stream.close()
+            reader.join(timeout=30)
+            os.close(leader)
+            output.append(ANSI.sub("", b"".join(chunks).decode("utf-8", "replace")))
 
 
 def quietly(config, callbacks=()) -> tuple[str, str]:
@@ -102,6 +154,22 @@ def straight(ray_local, corpus_file, runs) -> dict:
             "reports": [json.loads(line) for line in open(reported, encoding="utf-8")]}
 
 
+@pytest.fixture(scope="module")
+def interrupted(ray_local, corpus_file, runs) -> dict:
+    """RUN as a job in a terminal: one of its two workers killed after epoch
+    2, which Ray Train replaces (--max-failures 1), resuming from that
+    checkpoint; Ctrl-C after epoch 5. What it showed and where it stopped."""
+    config = make_config(None, corpus=corpus_file, storage_path=runs, name="cut", **RUN)
+    handler, err = signal.getsignal(signal.SIGINT), io.StringIO()
+    with terminal() as out, contextlib.redirect_stderr(err), \
+            pytest.raises(SystemExit) as exit_:
+        run_job(lambda: train(config, [reports(os.path.join(runs, "cut.reports"),
+                                               kill_after=(2,), interrupt_after=5)]))
+    return {"config": config, "dir": os.path.join(runs, "cut"), "out": out[0],
+            "err": err.getvalue(), "status": exit_.value.code, "kept": kept(os.path.join(
+                runs, "cut")), "handler": signal.getsignal(signal.SIGINT) is handler}
+
+
 def unigram_entropy(text: str) -> float:
     counts = Counter(text)
     return -sum(c / len(text) * math.log(c / len(text)) for c in counts.values())
@@ -140,23 +208,33 @@ def test_a_run_keeps_its_best_checkpoints_and_the_latest(straight):
     assert [r["val_loss"] for r in straight["reports"]] == pytest.approx(list(history.val_loss))
 
 
-def test_a_lost_worker_and_a_killed_job_both_resume_exactly(straight, corpus_file, runs):
-    """One of the two workers killed after epoch 2: Ray Train replaces the
-    group (--max-failures 1), which resumes from that checkpoint. Killed
-    again after epoch 5, the job fails; resubmitted with the same flags, it
-    resumes from its latest kept checkpoint. Its per-epoch losses are those
-    of the run done in one go."""
-    config = make_config(None, corpus=corpus_file, storage_path=runs, name="cut", **RUN)
-    cut = os.path.join(runs, "cut")
-    out = io.StringIO()
-    with pytest.raises(Exception), contextlib.redirect_stdout(out):  # noqa: B017 - whatever Ray raises
-        train(config, [reports(os.path.join(runs, "cut.reports"), kill_after=(2, 5))])
-    out = out.getvalue()
-    assert "resumed from epoch 2" in out and out.count("epoch 2/8") == 1, out
-    assert 5 in kept(cut) and len(kept(cut)) <= 3
-    best, out = quietly(config)
+def test_a_terminal_shows_a_progress_bar_and_ctrl_c_stops_at_a_checkpoint(interrupted):
+    """A progress bar with an ETA above the epoch lines; Ctrl-C (SIGINT to
+    this process, as a terminal sends it) once a checkpoint is kept: Ray
+    Train aborts the run, and the job says so and how to resume,
+    "interrupted", exit 130, its checkpoints kept and Ray Train's SIGINT
+    handler not left behind."""
+    out, run = interrupted["out"], interrupted["dir"]
+    assert re.search(r"epoch \d+/8 .*\d+/9 steps .*ETA", out), out[-3000:]
+    assert "epoch 1/8  loss" in out, out[-3000:]
+    assert interrupted["status"] == 130, interrupted["err"]
+    assert interrupted["err"].strip().splitlines()[-1] == "interrupted", interrupted["err"]
+    assert out.strip().splitlines()[-1] == (f"run {run} stopped at its latest checkpoint; rerun "
+                                            "the same command to resume it"), out[-3000:]
+    assert interrupted["handler"]
+
+
+def test_a_lost_worker_and_an_interrupted_job_both_resume_exactly(interrupted, straight):
+    """The worker killed after epoch 2 is replaced and the group resumes from
+    that checkpoint; the job Ctrl-C'd after epoch 5, rerun with the same
+    flags, resumes from its latest kept checkpoint. Its per-epoch losses are
+    those of the run done in one go."""
+    out, cut = interrupted["out"], interrupted["dir"]
+    assert "resumed from epoch 2" in out and out.count("epoch 2/8  loss") == 1, out[-3000:]
+    assert max(interrupted["kept"]) >= 5 and len(interrupted["kept"]) <= 3
+    best, out = quietly(interrupted["config"])
     resumed = re.search(r"resumed from epoch (\d+)", out)
-    assert resumed and int(resumed.group(1)) == 5, out
+    assert resumed and 5 <= int(resumed.group(1)) < 8, out
     assert np.abs(losses(cut).to_numpy() - losses(straight["dir"]).to_numpy()).max() <= 1e-5
     assert len(kept(cut)) <= 3
     assert os.path.basename(best) == os.path.basename(straight["best"])

@@ -1,8 +1,8 @@
 """What users of char-RNN tools expect of training: early stopping, a stop on
 a diverged loss that every worker obeys, in one clean line, TensorBoard event
 files (local and on S3), and a best checkpoint that is never a NaN.
-Bits per character of a run that learns: tests/test_training.py;
-fine-tuning: tests/test_evaluate.py; Ctrl-C: tests/test_first_impressions.py."""
+Bits per character of a run that learns, and Ctrl-C: tests/test_training.py;
+fine-tuning: tests/test_evaluate.py."""
 
 import json
 import math
