@@ -1,6 +1,6 @@
 """jobs.evaluate end to end on a local Ray: tiny runs trained in-process (the
 session's word_run, one fine-tuned from it, which beats the same training from
-scratch), scored by real actors on a directory of texts, read back with
+scratch), scored by a real actor on a directory of texts, read back with
 pandas."""
 
 from __future__ import annotations
@@ -81,12 +81,14 @@ def run_job(*argv: str) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def scored(runs: dict[str, str], texts: dict[str, str], tmp_path_factory) -> dict:
-    """The three checkpoints on both texts' held-out tails, in one job."""
+    """The three checkpoints on both texts' held-out tails, in one job, on one
+    actor that loads each in turn (each actor is a process that imports
+    TensorFlow; generation's tests run two)."""
     output = str(tmp_path_factory.mktemp("eval") / "scores")
     status, out, err = run_job(
         "--checkpoint", runs["base_run"], "--checkpoint", runs["tuned"],
         "--checkpoint", runs["bytes"], "--corpus", texts["dir"], "--output", output,
-        "--concurrency", "2")
+        "--concurrency", "1")
     assert status == 0, (out, err)
     return {"output": output, "out": out, "frame": pd.read_parquet(output)}
 
