@@ -30,7 +30,7 @@ IMPORTS = {"charlm worker": "tensorflow, tf_keras", "seed script": "tensorflow, 
 def one(modules: str, path: str | None) -> tuple[float, float, str]:
     """(CPU seconds, wall seconds, ml_dtypes version) of one fresh process."""
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    if modules.endswith("keras") and "tf_keras" not in modules:
+    if "tf_keras" not in modules:  # the seed script's Keras 3
         env.pop("TF_USE_LEGACY_KERAS")
     if path:
         env["PYTHONPATH"] = path

@@ -160,14 +160,15 @@ def interrupted(ray_local, corpus_file, runs) -> dict:
     2, which Ray Train replaces (--max-failures 1), resuming from that
     checkpoint; Ctrl-C after epoch 5. What it showed and where it stopped."""
     config = make_config(None, corpus=corpus_file, storage_path=runs, name="cut", **RUN)
+    cut = os.path.join(runs, "cut")
     handler, err = signal.getsignal(signal.SIGINT), io.StringIO()
     with terminal() as out, contextlib.redirect_stderr(err), \
             pytest.raises(SystemExit) as exit_:
-        run_job(lambda: train(config, [reports(os.path.join(runs, "cut.reports"),
-                                               kill_after=(2,), interrupt_after=5)]))
-    return {"config": config, "dir": os.path.join(runs, "cut"), "out": out[0],
-            "err": err.getvalue(), "status": exit_.value.code, "kept": kept(os.path.join(
-                runs, "cut")), "handler": signal.getsignal(signal.SIGINT) is handler}
+        run_job(lambda: train(config, [reports(f"{cut}.reports", kill_after=(2,),
+                                               interrupt_after=5)]))
+    return {"config": config, "dir": cut, "out": out[0], "err": err.getvalue(),
+            "status": exit_.value.code, "kept": kept(cut),
+            "handler": signal.getsignal(signal.SIGINT) is handler}
 
 
 def unigram_entropy(text: str) -> float:

@@ -602,9 +602,11 @@ def _conclude(sweep_dir: str, searches: list[Search], total: int) -> str:
     resume it, and ends as an interrupted job does."""
     rows = table.read_table(sweep_dir)
     frame = pd.DataFrame(rows)
-    # The trial's seed once, searched or drawn.
-    shown = ["trial", *dict.fromkeys([*[s.field for s in searches], "seed"]), "status",
-             "best_val_loss", "best_val_bpc", "epoch", "step", "wall_s"]
+    # The trial's seed is named once, after the other searched flags, whether
+    # it was searched or drawn.
+    searched = [s for s in searches if s.field != "seed"]
+    shown = ["trial", *[s.field for s in searched], "seed", "status", "best_val_loss",
+             "best_val_bpc", "epoch", "step", "wall_s"]
     if not frame.empty:
         print(frame[[c for c in shown if c in frame]].to_string(
             index=False, float_format=lambda v: f"{v:.4g}"), flush=True)
@@ -622,8 +624,8 @@ def _conclude(sweep_dir: str, searches: list[Search], total: int) -> str:
                           "val_loss (see the table's error column); lower --learning-rate or "
                           "search another range")
     best = done.loc[done["best_val_loss"].idxmin()]
-    values = " ".join([*(f"{s.flag[2:]}={_short(best[s.field])}" for s in searches
-                         if s.field != "seed"), f"seed={best['seed']}"])
+    values = " ".join([*(f"{s.flag[2:]}={_short(best[s.field])}" for s in searched),
+                       f"seed={best['seed']}"])
     print(f"best trial {best['trial']}: {values}: val_loss "
           f"{best['best_val_loss']:.4f} (val_bpc {best['best_val_bpc']:.3f}) at epoch "
           f"{int(best['best_epoch'])}", flush=True)
