@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import time
 import uuid
 
 import pyarrow.fs as pafs
@@ -41,13 +42,25 @@ def exists(path: str) -> bool:
 
 
 def read_rows(uri: str) -> list[dict]:
-    """The rows of a small Parquet table, as dicts (none if it does not exist)."""
+    """The rows of a small Parquet table, as dicts (none if it does not exist).
+    Read whole, then parsed: on an object store a table replaced (write_rows)
+    between the requests of one read comes back torn (one version's size,
+    another's bytes), so a read that does not parse is made again."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     if not exists(uri):
         return []
     fs, path = resolve(uri)
-    return pq.read_table(path, filesystem=fs).to_pylist()
+    for attempt in range(1, 6):
+        with fs.open_input_file(path) as f:
+            data = f.read()
+        try:
+            return pq.read_table(pa.BufferReader(data)).to_pylist()
+        except (pa.ArrowInvalid, OSError):
+            if attempt == 5:
+                raise
+            time.sleep(0.05 * attempt)
 
 
 def write_rows(uri: str, rows: list[dict]) -> str:
