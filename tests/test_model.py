@@ -49,9 +49,13 @@ def test_held_out_score_is_the_cross_entropy_of_the_character_after_each_window(
     w = np.random.default_rng(2).integers(0, vocab, size=(50, 9))
     probs = model.predict(w[:, :-1], verbose=0)
     expected = -np.mean(np.log(probs[np.arange(50), w[:, -1]]))
-    assert abs(held_out_scorer(model, batch_size=16)(w) - expected) < 1e-5
+    score = held_out_scorer(model, batch_size=16)
+    assert abs(score(w) - expected) < 1e-5
     # An untrained model is close to uniform.
     assert abs(expected - np.log(vocab)) < 0.2
+    # One graph for every batch: the last, of 2 windows, and other window lengths too.
+    score(w[:, 3:])
+    assert score.graph.experimental_get_tracing_count() == 1
 
 
 @pytest.mark.parametrize("objective, precision, tolerance", [

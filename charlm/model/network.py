@@ -272,9 +272,11 @@ def held_out_scorer(model: tf.keras.Model,
                     batch_size: int = SCORE_BATCH) -> Callable[[np.ndarray], float]:
     """Mean cross-entropy (nats) of the character after each window, from a zero
     state: the seed's held-out score, for either objective's model. Build it
-    once per model: it holds a compiled graph."""
+    once per model: it holds one compiled graph (`.graph`) for any number and
+    length of windows."""
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32),
+                                  tf.TensorSpec([None], tf.int32)])
     def nll_sum(x, y):
         probs = model(x, training=False)
         if probs.shape.rank == 3:
@@ -290,4 +292,5 @@ def held_out_scorer(model: tf.keras.Model,
                                    tf.constant(chunk[:, -1], tf.int32)))
         return total / max(len(windows), 1)
 
+    score.graph = nll_sum
     return score
