@@ -35,8 +35,8 @@ from raycluster import (
 from charlm.config import TrainConfig
 from jobs.pipeline import route
 
-# Long enough for a task that needs no CPU to start on the head of a loaded
-# machine (a worker process's start), as the held-out sample's must.
+# Long enough for Ray Train's controller, which needs no CPU, to start on the
+# head of a loaded machine and ask for its workers.
 DEADLINE = 15
 # Past the deadline: the job's start (Python, Ray, TensorFlow imports) on a
 # 2-core machine loaded by the other test worker too, and the deadline's own
@@ -136,7 +136,8 @@ def one_placement_error(stuck: Stuck, name: str, what: str) -> str:
 
 
 def test_training_from_a_file_fails_at_the_deadline(stuck: Stuck, head: Cluster) -> None:
-    """The held-out sample needs no CPU; Train's workers wait for the deadline."""
+    """A file corpus is read and sampled in the driver; Train's workers wait
+    for the deadline."""
     error = one_placement_error(stuck, "train-file", "training workers")
     assert "the cluster lacks the CPUs asked for" in error, error
     drivers = [j for j in state(head, "jobs") if j["type"] == "DRIVER"

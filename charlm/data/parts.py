@@ -128,20 +128,24 @@ def load_parts(prepared: Parts | str, *, maxlen: int, step: int, val_frac: float
     import ray
 
     args = dict(maxlen=maxlen, step=step, val_frac=val_frac)
-    if isinstance(prepared, Parts):
+    if isinstance(prepared, Parts):  # a small corpus's arrays: sampled here
         parts = prepared
-        parts.train = [ray.put(p) if isinstance(p, np.ndarray) else p for p in parts.train]
-        parts.heldout = [ray.put(p) if isinstance(p, np.ndarray) else p for p in parts.heldout]
+        windows, seeds, first = _heldout_sample(parts.heldout, parts.heldout_lengths,
+                                                HELDOUT_CAP, maxlen, SEED_CANDIDATES,
+                                                parts.train[0])
+        windows_ref = ray.put(windows)
+        parts.train = [ray.put(p) for p in parts.train]
+        parts.heldout = [ray.put(p) for p in parts.heldout]
     else:
         parts = _checked_parts(_read_streamed(prepared, byte_level, keep_case, keep_newlines,
                                               placement_timeout, **args), maxlen, val_frac)
-    # No CPU asked for: it runs at once wherever Ray puts it (a 0-CPU head too).
-    sample = _remote_fn(_heldout_sample_fn).options(num_returns=3, num_cpus=0)
-    windows_ref, seeds_ref, first_ref = sample.remote(
-        parts.heldout, parts.heldout_lengths, HELDOUT_CAP, maxlen, SEED_CANDIDATES,
-        parts.train[0])
-    seeds, first = runtime.get_within([seeds_ref, first_ref], placement_timeout,
-                                      "the held-out sample's task")
+        # No CPU asked for: it runs at once wherever Ray puts it (a 0-CPU head too).
+        sample = _remote_fn(_heldout_sample_fn).options(num_returns=3, num_cpus=0)
+        windows_ref, seeds_ref, first_ref = sample.remote(
+            parts.heldout, parts.heldout_lengths, HELDOUT_CAP, maxlen, SEED_CANDIDATES,
+            parts.train[0])
+        seeds, first = runtime.get_within([seeds_ref, first_ref], placement_timeout,
+                                          "the held-out sample's task")
     parts.heldout_windows = windows_ref
     parts.seed_ids = first.tolist()
     parts.heldout_seeds = list(dict.fromkeys(_text(s, parts.vocab) for s in seeds))
@@ -444,17 +448,21 @@ def _unpack_fn(block: pa.Table, lo: int, hi: int, dtype) -> tuple:
     return (keys, *(np.frombuffer(b, dtype=dtype) for b in rows["ids"].to_pylist()))
 
 
-def _heldout_sample_fn(parts: list, lengths: list[int], cap: int, maxlen: int, n_seeds: int,
-                       first: np.ndarray) -> tuple:
+def _heldout_sample(arrays: list[np.ndarray], lengths: list[int], cap: int, maxlen: int,
+                    n_seeds: int, first: np.ndarray) -> tuple:
     """(held-out windows to score: all of them up to `cap`, else `cap` evenly
     spaced ones; up to n_seeds evenly spaced held-out seeds of maxlen ids; the
     first maxlen training ids, the recipe's seed)."""
-    import ray
-
-    arrays = ray.get(list(parts))
     windows = _spread(arrays, lengths, VAL_MAXLEN, VAL_STEP, cap, VAL_MAXLEN + 1)
     seeds = _spread(arrays, lengths, maxlen - 1, VAL_STEP, n_seeds, maxlen)
     return windows, list(seeds), np.asarray(first[:maxlen])
+
+
+def _heldout_sample_fn(parts: list, *args) -> tuple:
+    """_heldout_sample of a streamed corpus's parts, where they are."""
+    import ray
+
+    return _heldout_sample(ray.get(list(parts)), *args)
 
 
 def _spread(arrays: list[np.ndarray], lengths: list[int], maxlen: int, step: int, cap: int,
