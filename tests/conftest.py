@@ -34,7 +34,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     cluster run in one worker, the modules that read `word_run` in one, and
     every other module whole in one: each session or module fixture is then
     built once. Run serially, the multi-node tests come last (the cluster's
-    five nodes' daemons, busy even when idle, then live only while they run);
+    four nodes' daemons, busy even when idle, then live only while they run);
     under xdist, first (the longest group starts at once), then LONGEST."""
     readers = {item.module.__name__ for item in items if uses(item, "word_run")}
     groups = {}
@@ -89,13 +89,13 @@ def s3_env():
 @pytest.fixture(scope="session")
 def multinode(s3_env):
     """The one multi-node cluster of the session, shaped like cluster.yaml's: a
-    head with 0 CPUs, three CPU nodes and one that advertises a GPU TensorFlow
-    cannot see (`ray start --num-gpus 1`); S3 the only storage, its credentials
-    on every node as an instance profile's would be. Tests that kill a node
-    replace it (raycluster.replace_node)."""
+    head with 0 CPUs, two CPU nodes and one that advertises a GPU TensorFlow
+    cannot see (`ray start --num-gpus 1`), 2 CPUs each; S3 the only storage,
+    its credentials on every node as an instance profile's would be. Tests
+    that kill a node replace it (raycluster.replace_node)."""
     from raycluster import ray_cluster
 
-    with ray_cluster(head_cpus=0, workers=[(2, 0)] * 3 + [(1, 1)], env=s3_env) as cluster:
+    with ray_cluster(head_cpus=0, workers=[(2, 0)] * 2 + [(2, 1)], env=s3_env) as cluster:
         yield cluster
 
 

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -84,11 +85,12 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def processes_under(temp_dir: str) -> list[psutil.Process]:
-    """Ray's daemons name their node's temp dir; workers and job drivers descend from them."""
+def processes_under(mark: str) -> list[psutil.Process]:
+    """The processes with `mark` in an argument, and their descendants: Ray's
+    daemons name their node's temp dir; workers and job drivers descend from them."""
     roots = []
     for p in psutil.process_iter(["cmdline"]):
-        if any(temp_dir in arg for arg in p.info["cmdline"] or ()):
+        if any(mark in arg for arg in p.info["cmdline"] or ()):
             roots.append(p)
     found = {p.pid: p for p in roots}
     for p in roots:
@@ -217,24 +219,35 @@ def ray_cluster(head_cpus: int, workers: list[tuple[int, int]] = (),
                 time.sleep(1)
         yield cluster
     finally:
-        kill(processes_under(root), signal.SIGKILL)  # nothing of theirs outlives the dir
+        # Nothing of theirs outlives the dir. The head's Ray Client server,
+        # started by `ray start` (which exits), names only the head's address.
+        kill(processes_under(root) + processes_under(f"--address={cluster.gcs}"),
+             signal.SIGKILL)
         shutil.rmtree(root, ignore_errors=True)
 
 
 def submit(cluster: Cluster, submission_id: str, *pipeline_args: str, module: str = "pipeline",
-           wait: bool = True, env_vars: dict[str, str] | None = None) -> tuple[str, str]:
-    """`ray job submit --working-dir .` as a user runs it, `env_vars` set for
-    the job, and the session's Ray Train poll interval (conftest) too: the
-    cluster's default, 2 s, would add a poll's wait to every run's start, end
-    and restart. With `wait`, returns the final status (succeeded, failed or
-    stopped) and the job's logs."""
+           wait: bool = True, env_vars: dict[str, str] | None = None,
+           cli: bool = False) -> tuple[str, str]:
+    """A job sent as `ray job submit --working-dir .` sends it: by Ray's job
+    SDK in this process, or with `cli` by the ray CLI itself, as a user runs
+    it (a new Python that imports Ray, then calls the same SDK). `env_vars`
+    are set for the job, and the session's Ray Train poll interval (conftest)
+    too: the cluster's default, 2 s, would add a poll's wait to every run's
+    start, end and restart. With `wait`, returns the final status (succeeded,
+    failed or stopped) and the job's logs."""
     env_vars = {k: os.environ[k] for k in (POLL,) if k in os.environ} | (env_vars or {})
     runtime_env = {"excludes": EXCLUDES, **({"env_vars": env_vars} if env_vars else {})}
-    proc = ray_cli(cluster, "job", "submit", "--address", cluster.address, "--submission-id",
-                   submission_id, "--working-dir", ".", "--runtime-env-json",
-                   json.dumps(runtime_env), "--no-wait", "--", "python", "-m", f"jobs.{module}",
-                   *pipeline_args)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    entrypoint = ["python", "-m", f"jobs.{module}", *pipeline_args]
+    if cli:
+        proc = ray_cli(cluster, "job", "submit", "--address", cluster.address, "--submission-id",
+                       submission_id, "--working-dir", ".", "--runtime-env-json",
+                       json.dumps(runtime_env), "--no-wait", "--", *entrypoint)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    else:
+        jobs_client(cluster).submit_job(entrypoint=shlex.join(entrypoint),
+                                        submission_id=submission_id,
+                                        runtime_env={"working_dir": ROOT, **runtime_env})
     return wait_for(cluster, submission_id) if wait else ("submitted", "")
 
 

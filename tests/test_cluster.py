@@ -1,8 +1,10 @@
 """The cluster path, on the session's multi-node cluster (conftest.multinode):
-shaped like cluster.yaml's, a head with 0 CPUs, three CPU worker nodes and one
+shaped like cluster.yaml's, a head with 0 CPUs, two CPU worker nodes and one
 that advertises a GPU TensorFlow cannot see, joined with `ray start
---address`; an S3-compatible server (moto) as the only storage; every job
-sent with `ray job submit --working-dir .`. The jobs are tiny: they prove wiring.
+--address`; an S3-compatible server (moto) as the only storage; the pipeline
+sent with `ray job submit --working-dir .` as a user runs it, the other jobs
+as that command sends them (raycluster.submit). The jobs are tiny: they prove
+wiring.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ from raycluster import (
     wait_for,
 )
 
-# Each training worker on a node of its own, with room on the third to
-# re-place one after a node is lost (Ray Data's tasks run beside them).
+# Each training worker on a node of its own, with room on the third (the GPU
+# node's CPUs) to re-place one after a node is lost (Ray Data's tasks run
+# beside them).
 SPREAD = ["--train.num-workers", "2", "--train.placement-strategy", "STRICT_SPREAD"]
 # TINY's training, as jobs.train's own flags; TWO_NODES is SPREAD for jobs.train.
 TRAIN_TINY = ["--preset", "quick",  # the pipeline's default: a resume must match the recipe
@@ -68,7 +71,7 @@ def train_worker_nodes(cluster: Cluster, submission_id: str) -> list[str]:
 def wired(cluster: Cluster, corpus: str) -> str:
     """The pipeline, trained on two nodes into S3; returns its logs."""
     status, log = submit(cluster, "pipeline-s3", "--corpus", corpus, "--storage-path", RUNS,
-                         "--name", "wired", *TINY, *SPREAD)
+                         "--name", "wired", *TINY, *SPREAD, cli=True)
     assert status == "succeeded", log[-5000:]
     return log
 

@@ -1,5 +1,5 @@
 """jobs.doctor through `ray job submit` on the session's multi-node cluster
-(conftest.multinode: a 0-CPU head, three CPU nodes, and one node whose GPU
+(conftest.multinode: a 0-CPU head, two CPU nodes, and one node whose GPU
 TensorFlow cannot see; S3 as storage), with --use-gpu and storage on S3. Its
 timed steps (the same on every node) and its bad input, in-process."""
 
