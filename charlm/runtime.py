@@ -96,8 +96,16 @@ def quiet(verbose: bool) -> None:
     mute_tensorflow_import()
 
 
+_embedded = False  # init_ray started this process's Ray
+
+
 def runtime_env(verbose: bool) -> dict:
-    """The runtime_env for charlm's Ray workers (jobs, trainers, actors)."""
+    """The runtime_env for charlm's Ray workers (jobs, trainers, actors). An
+    embedded Ray's workers need none: they inherit the environment init_ray
+    gave this process before it started Ray, and a worker with a runtime_env
+    starts through Ray's setup process (one more Python that imports Ray)."""
+    if _embedded:
+        return {}
     env: dict = {"env_vars": worker_env(verbose)}
     if not verbose:
         env["worker_process_setup_hook"] = "charlm.runtime.mute_tensorflow_import"
@@ -138,11 +146,13 @@ def on_cluster() -> bool:
 def init_ray(verbose: bool = False, cpus_needed: int = 1) -> None:
     """Join the running cluster (on_cluster), else start an embedded Ray for
     this process's lifetime; a no-op if Ray is up. Every worker gets
-    runtime_env. An embedded Ray gets more logical CPUs than the
-    `cpus_needed` that training workers or actors hold, or Ray Data's tasks
-    never schedule beside them."""
+    worker_env: through runtime_env on a cluster, from this process's
+    environment in an embedded Ray. An embedded Ray gets more logical CPUs
+    than the `cpus_needed` that training workers or actors hold, or Ray
+    Data's tasks never schedule beside them."""
     import ray
 
+    global _embedded
     quiet(verbose)
     if ray.is_initialized():
         return
@@ -153,13 +163,15 @@ def init_ray(verbose: bool = False, cpus_needed: int = 1) -> None:
     # as exceptions. Ray's own actors' log lines stay out too
     # (docs/training.md, Logs and progress).
     kwargs = dict(logging_level=logging.INFO if verbose else logging.ERROR,
-                  runtime_env=runtime_env(verbose), log_to_driver=verbose)
+                  log_to_driver=verbose)
     if on_cluster():
-        ray.init(**kwargs)  # Ray finds the address itself; a cluster has its own CPUs
+        # Ray finds the address itself; a cluster has its own CPUs.
+        ray.init(runtime_env=runtime_env(verbose), **kwargs)
     else:
         # Ray starts workers at nice 15 by default: on a small machine any
         # normal-priority process (dashboard, metrics) then slows training.
         os.environ.setdefault("RAY_worker_niceness", "0")
+        _embedded = True  # its workers inherit this environment (runtime_env)
         # No dashboard: nothing of charlm's reads it locally, and it is several
         # processes' memory (a joined cluster keeps its own, for job submission).
         ray.init(num_cpus=max(os.cpu_count() or 1, cpus_needed + 2),

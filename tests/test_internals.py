@@ -85,6 +85,25 @@ def test_every_internal_is_exercised_here(name: str) -> None:
         assert f"internals.{name}(" in f.read(), f"internals.{name} has no test here"
 
 
+def test_an_embedded_rays_workers_inherit_charlms_environment(ray_local) -> None:
+    """The session's Ray is embedded (runtime.init_ray): its workers get
+    runtime.worker_env from the driver's environment, with no runtime_env,
+    which would start each through Ray's setup process (a second Python)."""
+    import ray
+
+    from charlm import runtime
+
+    @ray.remote(num_gpus=0)
+    def seen() -> tuple[dict, str | None, dict]:
+        return ({k: os.environ.get(k) for k in runtime.worker_env(False)},
+                os.environ.get("CUDA_VISIBLE_DEVICES"), dict(ray.get_runtime_context().runtime_env))
+
+    env, visible, runtime_env = ray.get(
+        seen.options(runtime_env=runtime.runtime_env(False)).remote())
+    assert env == runtime.worker_env(False) and visible == ""
+    assert runtime_env == {}
+
+
 def test_work_that_reserves_no_gpu_is_shown_none(ray_local) -> None:
     """charlm's jobs run with this in every worker's environment (runtime.worker_env)."""
     import ray
