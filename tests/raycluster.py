@@ -277,7 +277,7 @@ def wait_for(cluster: Cluster, submission_id: str,
             client.stop_job(submission_id)
             pytest.fail(f"job {submission_id} not done after {timeout}s:\n"
                         + client.get_job_logs(submission_id)[-5000:])
-        time.sleep(1)
+        time.sleep(0.25)
     return ENDED[status], client.get_job_logs(submission_id)
 
 
