@@ -78,7 +78,8 @@ class _MuteTensorflowImport(importlib.abc.MetaPathFinder):
 
 
 def mute_tensorflow_import() -> None:
-    """Also the Ray worker_process_setup_hook, so it runs in every worker."""
+    """Also the Ray worker_process_setup_hook of runtime_env, so it runs in
+    every worker on a cluster."""
     if "tensorflow" not in sys.modules and not any(
             isinstance(f, _MuteTensorflowImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _MuteTensorflowImport())
