@@ -1,8 +1,8 @@
 """Real Ray Train runs on a small corpus: two workers learn and keep their
 best checkpoints and the latest; a job in a terminal shows a progress bar,
 loses a worker, which is replaced, and stops at a checkpoint on Ctrl-C; the
-job rerun and the replaced worker both resume exactly; --seed decides the
-run; a changed model is refused before any worker starts. Fine-tuning:
+job rerun and the replaced worker both resume exactly; --seed decides each
+worker's start; a changed model is refused before any worker starts. Fine-tuning:
 tests/test_evaluate.py."""
 
 from __future__ import annotations
@@ -241,13 +241,27 @@ def test_a_lost_worker_and_an_interrupted_job_both_resume_exactly(interrupted, s
     assert os.path.basename(best) == os.path.basename(straight["best"])
 
 
-def test_another_seed_gives_other_losses(straight, corpus_file, runs):
-    """Its first epoch (its rate still warming up, as the straight run's)."""
-    config = make_config(None, corpus=corpus_file, storage_path=runs, name="other",
-                         **{**RUN, "seed": 12, "epochs": 1})
-    quietly(config)
-    other = losses(os.path.join(runs, "other"))
-    assert abs(other.loss.iloc[0] - losses(straight["dir"]).loss.iloc[0]) > 1e-4
+def test_the_seed_decides_every_workers_model_dropout_and_windows():
+    """What each worker starts from (worker.initial_model and the data plan,
+    both from the run's config): one --seed gives every worker the same
+    weights, dropout masks and window order, another seed others."""
+    import tensorflow as tf
+
+    from charlm.data.stream import make_plan
+    from charlm.training.worker import initial_model
+
+    def start(seed: int) -> tuple[list, np.ndarray, np.ndarray]:
+        config = make_config(None, **{**RUN, "seed": seed, "batch_size": 32})
+        model = initial_model(config, 30, tf.distribute.get_strategy())
+        x = np.arange(4 * RUN["maxlen"]).reshape(4, -1) % 30
+        plan = make_plan([5_000], config)
+        return model.get_weights(), model(x, training=True).numpy(), plan.order(1)(np.arange(64))
+
+    (w1, d1, o1), (w2, d2, o2), (w3, d3, o3) = start(11), start(11), start(12)
+    assert all(np.array_equal(a, b) for a, b in zip(w1, w2, strict=True))
+    assert np.array_equal(d1, d2) and np.array_equal(o1, o2)
+    assert not all(np.array_equal(a, b) for a, b in zip(w1, w3, strict=True))
+    assert not np.allclose(d1, d3) and not np.array_equal(o1, o3)
 
 
 def test_resuming_under_changed_model_flags_is_one_line_and_leaves_the_run(straight, capsys):

@@ -25,6 +25,7 @@ import ray.train
 import tensorflow as tf
 
 from charlm import devices
+from charlm.config import TrainConfig
 from charlm.data.stream import Plan, make_plan, worker_stream
 from charlm.model import checkpoint
 from charlm.model.network import averaged, build_model, compile_model, held_out_scorer
@@ -50,12 +51,9 @@ def train_loop(inputs: WorkerInputs) -> None:
     progress.Reporter(inputs.mailbox, config.epochs, plan.steps).line(
         devices.device_line(f"training worker {rank}", found))
 
-    # The model, initialised from --seed on every worker alike (as is
-    # dropout's generator), from --init-from's weights in a new run.
-    tf.keras.utils.set_random_seed(config.seed)
+    # The model, from --init-from's weights in a new run.
     strategy = make_strategy(ctx.get_world_size(), config.use_gpu)
-    with strategy.scope():
-        model = build_model(config, len(inputs.vocab))
+    model = initial_model(config, len(inputs.vocab), strategy)
     resumed = ray.train.get_checkpoint()
     if inputs.init_from is not None and resumed is None:
         finetune.load_into(model, inputs.init_from)
@@ -83,6 +81,15 @@ def train_loop(inputs: WorkerInputs) -> None:
               callbacks=[EpochEnd(inputs, plan, chief), *(chief.callbacks() if chief else [])])
     if chief is not None:
         chief.close()
+
+
+def initial_model(config: TrainConfig, vocab_size: int,
+                  strategy: tf.distribute.Strategy) -> tf.keras.Model:
+    """The model a worker starts from, under `strategy`: initialised from
+    --seed, the same on every worker, as is dropout's generator."""
+    tf.keras.utils.set_random_seed(config.seed)
+    with strategy.scope():
+        return build_model(config, vocab_size)
 
 
 def make_strategy(workers: int, use_gpu: bool) -> tf.distribute.Strategy:
