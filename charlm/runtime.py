@@ -172,11 +172,11 @@ def init_ray(verbose: bool = False, cpus_needed: int = 1) -> None:
         # Ray starts workers at nice 15 by default: on a small machine any
         # normal-priority process (dashboard, metrics) then slows training.
         os.environ.setdefault("RAY_worker_niceness", "0")
-        _embedded = True  # its workers inherit this environment (runtime_env)
         # No dashboard: nothing of charlm's reads it locally, and it is several
         # processes' memory (a joined cluster keeps its own, for job submission).
         ray.init(num_cpus=max(os.cpu_count() or 1, cpus_needed + 2),
                  include_dashboard=False, **kwargs)
+        _embedded = True  # its workers inherit this environment (runtime_env)
     import ray.data
 
     ctx = ray.data.DataContext.get_current()

@@ -41,26 +41,32 @@ def exists(path: str) -> bool:
     return fs.get_file_info(p).type != pafs.FileType.NotFound
 
 
-def read_rows(uri: str) -> list[dict]:
-    """The rows of a small Parquet table, as dicts (none if it does not exist).
-    Read whole, then parsed: on an object store a table replaced (write_rows)
-    between the requests of one read comes back torn (one version's size,
-    another's bytes), so a read that does not parse is made again."""
+TORN_READS = 5  # reads of a table that keeps coming back torn, before its error
+
+
+def read_table(uri: str):
+    """A small Parquet table (a pyarrow Table), read whole, then parsed: on an
+    object store a table replaced (write_rows) between the requests of one
+    pyarrow read comes back torn (one version's size, another's bytes), so a
+    read that does not parse is made again."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if not exists(uri):
-        return []
     fs, path = resolve(uri)
-    for attempt in range(1, 6):
+    for attempt in range(1, TORN_READS + 1):
         with fs.open_input_file(path) as f:
             data = f.read()
         try:
-            return pq.read_table(pa.BufferReader(data)).to_pylist()
+            return pq.read_table(pa.BufferReader(data))
         except (pa.ArrowInvalid, OSError):
-            if attempt == 5:
+            if attempt == TORN_READS:
                 raise
             time.sleep(0.05 * attempt)
+
+
+def read_rows(uri: str) -> list[dict]:
+    """The rows of a small Parquet table, as dicts (none if it does not exist)."""
+    return read_table(uri).to_pylist() if exists(uri) else []
 
 
 def write_rows(uri: str, rows: list[dict]) -> str:

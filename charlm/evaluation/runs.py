@@ -11,7 +11,6 @@ import posixpath
 import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from charlm import charts, storage
 from charlm.errors import CharlmError
@@ -73,8 +72,7 @@ def best_checkpoint(uri: str) -> str:
 def read_history(run: str) -> pd.DataFrame:
     """The run's epochs; `time`: its jobs' elapsed seconds, added up across
     resumes (each job counts from its own start)."""
-    fs, path = storage.resolve(storage.join(run, HISTORY))
-    frame = pq.read_table(path, filesystem=fs).to_pandas()
+    frame = storage.read_table(storage.join(run, HISTORY)).to_pandas()
     if "step" not in frame:
         raise CharlmError(f"run {run} records no optimizer steps in its {HISTORY}; it was "
                           "written by an older charlm: train it again to compare it")
